@@ -1,0 +1,146 @@
+"""Self-contained checkpoints: state_dict + model configuration + vocabulary + format version.
+
+Everything inside is plain data (tensors, dicts, lists, numbers, strings), so files load with
+`torch.load(..., weights_only=True)` and a file from elsewhere cannot run code on load.
+Writes are atomic: a crash mid-write never leaves a broken file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .vocab import Vocabulary
+
+FORMAT = "captioner"
+FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "shapes_soft.pt"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; str() is one line naming the file and the problem."""
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save to a temporary file in the same folder, flush, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path, model, vocab: Vocabulary, **extra) -> None:
+    """Save `model` (a Captioner) with its configuration and vocabulary; `extra` must be plain data."""
+    atomic_save({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "vocab": vocab.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }, path)
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """Load and validate the file's structure; raises CheckpointError with one clear line."""
+    path = Path(path)
+    name = str(path)
+    if not path.exists():
+        raise CheckpointError(f"{name}: no such checkpoint file")
+    if path.is_dir():
+        raise CheckpointError(f"{name}: is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{name}: empty file (0 bytes), not a checkpoint")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e) or "weights_only" in str(e):
+            raise CheckpointError(f"{name}: refused: the file holds pickled Python objects, not plain data "
+                                  f"(possibly code); nothing in it was run") from None
+        raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
+            UnicodeDecodeError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({_first_line(e)})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{name}: not a captioner checkpoint (no '{FORMAT}' format marker)")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{name}: checkpoint format version {version!r} is not supported "
+                              f"(this captioner reads version {FORMAT_VERSION})")
+    for key in ("model_config", "vocab", "state_dict"):
+        if not isinstance(data.get(key), dict):
+            raise CheckpointError(f"{name}: checkpoint lacks its '{key}'")
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def build_from_checkpoint(data: dict, name: str = "checkpoint"):
+    """(Captioner with the checkpoint's weights, Vocabulary) from a validated checkpoint dict."""
+    from .model import Captioner
+
+    try:
+        config = ModelConfig.from_dict(data["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{name}: invalid model configuration ({_first_line(e)})") from None
+    try:
+        vocab = Vocabulary.from_dict(data["vocab"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{name}: invalid vocabulary ({_first_line(e)})") from None
+    if len(vocab) != config.vocab_size:
+        raise CheckpointError(f"{name}: the vocabulary has {len(vocab)} words but the model predicts "
+                              f"{config.vocab_size}; the file mixes parts of different models")
+    model = Captioner(config)
+    own = model.state_dict()
+    state = data["state_dict"]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise CheckpointError(f"{name}: weights do not match the model configuration ({what})")
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor) or v.shape != own[k].shape:
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise CheckpointError(f"{name}: weight {k} has shape {shape}, the configuration needs "
+                                  f"{tuple(own[k].shape)}")
+    model.load_state_dict(state)
+    return model, vocab
+
+
+def load_captioner(path=None, device="cpu"):
+    """The one loader for the CLI, evaluation and the notebook: (model in eval mode, vocabulary).
+
+    `path` defaults to the shipped demo checkpoint `weights/shapes_soft.pt`.
+    """
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    data = read_checkpoint(path)
+    model, vocab = build_from_checkpoint(data, str(path))
+    return model.to(device).eval(), vocab

@@ -1,0 +1,147 @@
+"""Configuration as data: frozen dataclasses for the model and for a training run.
+
+The model never sees argparse; `train.py` maps its flags onto these fields and
+checkpoints store `ModelConfig` as a plain dict (see `checkpoint.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENCODERS = (
+    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+    "vgg_tiny", "vgg_tiny_bn",
+)
+ATTENTIONS = ("soft", "hard", "local")
+SCORES = ("additive", "dot", "general", "scaled-dot", "multihead")
+POSITIONAL = ("none", "sine")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a `Captioner` (stored inside every checkpoint).
+
+    Defaults follow Xu et al. (2015): VGG-19 conv5_4 annotations (14x14x512 at 224),
+    additive soft attention with the gating scalar beta, deep output layer, dropout,
+    doubly stochastic regularisation (its weight lives in `TrainConfig`).
+    """
+
+    vocab_size: int
+    encoder: str = "vgg19"          # torchvision VGG family member, or the narrow demo net
+    image_size: int = 224           # input side; annotation grid side = image_size / 16 (VGG) or / 8 (tiny)
+    encoder_dim: int = 512          # D: size of one annotation vector
+    embed_dim: int = 512            # m: word embedding size
+    hidden_dim: int = 1024          # n: LSTM state size
+    attention_dim: int = 512        # size of the attention MLP's hidden layer
+    attention: str = "soft"         # soft (sec. 4.2) | hard (sec. 4.1) | local (Luong local-p on the grid)
+    score: str = "additive"         # f_att: additive (Bahdanau, the paper's) | dot | general | scaled-dot | multihead
+    num_heads: int = 4              # heads for score="multihead"
+    gate: bool = True               # the gating scalar beta of sec. 4.2.1
+    dropout: float = 0.5            # before the deep output layer (sec. 5.2)
+    positional: str = "none"        # add a 2-D sinusoidal encoding to the annotations ("sine")
+    max_len: int = 20               # longest caption in words, without <start>/<end>
+    local_sigma: float = 1.0        # local attention: Gaussian window width, in grid cells
+    hard_test: str = "expected"     # hard attention at test time: "expected" context or "argmax" location
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        if self.positional not in POSITIONAL:
+            raise ValueError(f"positional must be one of {', '.join(POSITIONAL)}, got {self.positional!r}")
+        if self.hard_test not in ("expected", "argmax"):
+            raise ValueError(f"hard_test must be 'expected' or 'argmax', got {self.hard_test!r}")
+        if self.score == "multihead" and self.encoder_dim % self.num_heads:
+            raise ValueError("encoder_dim must be divisible by num_heads for score='multihead'")
+        for name in ("vocab_size", "image_size", "encoder_dim", "embed_dim", "hidden_dim",
+                     "attention_dim", "num_heads", "max_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the annotation grid: VGG cut before its last pool downsamples by 16, the tiny net by 8."""
+        stride = 8 if self.encoder.startswith("vgg_tiny") else 16
+        return self.image_size // stride
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model configuration fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Every field has a `train.py` flag of the same name (dashes for underscores)."""
+
+    dataset: str = "shapes"
+    data_root: str | None = None
+    split_file: str | None = None
+    out_dir: str = "runs/shapes"
+    # optimisation
+    steps: int = 3000               # optimizer steps in total (the one-cycle schedule needs the horizon)
+    batch_size: int = 64
+    lr: float = 2e-3                # peak learning rate
+    weight_decay: float = 0.0
+    lr_schedule: str = "onecycle"   # onecycle | plateau (decay by lr_decay when val BLEU-4 stalls) | constant
+    lr_decay: float = 0.5
+    grad_clip: float = 5.0
+    doubly_stochastic: float = 1.0  # lambda of eq. (14)
+    # evaluation, early stopping
+    eval_every: int = 500
+    eval_images: int = 200
+    eval_beam_size: int = 1
+    patience: int = 0               # evaluations without improvement before stopping; 0 disables
+    # data
+    train_images: int = 12000       # shapes: images generated for training
+    val_images: int = 200
+    min_count: int = 5
+    seed: int = 0
+    num_workers: int = 0
+    # encoder
+    pretrained: bool = False
+    encoder_weights: str | None = None
+    finetune_encoder: bool = False  # for pretrained VGG: train the last conv block too
+    freeze_encoder: bool = False    # train the decoder only (features may come from a cache)
+    # hard attention (sec. 4.1)
+    baseline_decay: float = 0.9
+    entropy_weight: float = 0.01
+    expectation_prob: float = 0.5
+    # misc
+    resume: bool = False
+    log_every: int = 50
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("onecycle", "plateau", "constant"):
+            raise ValueError(f"lr_schedule must be onecycle, plateau or constant, got {self.lr_schedule!r}")
+        for name in ("steps", "batch_size", "eval_every", "eval_images", "eval_beam_size", "train_images",
+                     "val_images", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def replace(config, **changes):
+    """`dataclasses.replace` re-exported so callers need not import dataclasses."""
+    return dataclasses.replace(config, **changes)
+
+
+__all__ = ["ModelConfig", "TrainConfig", "replace", "ENCODERS", "ATTENTIONS", "SCORES", "POSITIONAL", "field"]

@@ -1,0 +1,56 @@
+"""Captioning many images with the one beam search: used by validation, evaluation, caption.py
+and the notebook. Each image is decoded once, in batches."""
+
+from __future__ import annotations
+
+import torch
+
+from .beam import Caption, beam_search
+from .images import normalize
+
+
+@torch.inference_mode()
+def caption_batch(model, images_uint8: torch.Tensor, vocab, beam_size: int = 3, length_penalty: float = 0.0,
+                  max_len: int | None = None) -> list[Caption]:
+    """uint8 images (B, 3, S, S) -> one Caption per image. The model's device is used."""
+    device = next(model.parameters()).device
+    annotations = model.encode(normalize(images_uint8.to(device, non_blocking=True)))   # (B, L, D)
+    return beam_search(model, annotations, vocab, beam_size=beam_size, max_len=max_len,
+                       length_penalty=length_penalty)
+
+
+def caption_set(model, images, vocab, beam_size: int = 3, batch_size: int = 64, length_penalty: float = 0.0,
+                progress: bool = False, max_len: int | None = None) -> list[Caption]:
+    """Decode every image of an image set (see `captioner.data`) once; results in set order."""
+    was_training = model.training
+    model.eval()
+    results: list[Caption] = []
+    batches = range(0, len(images), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="decoding", unit="batch", leave=False)
+    try:
+        for start in batches:
+            stop = min(start + batch_size, len(images))
+            pixels = torch.stack([images.image(i) for i in range(start, stop)])
+            results.extend(caption_batch(model, pixels, vocab, beam_size, length_penalty, max_len))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def score_captions(captions: list[Caption], images, grid_size: int) -> dict[str, float]:
+    """Multi-reference BLEU-1..4 (coco-caption style) and, on shapes, attention localisation."""
+    from .metrics import corpus_bleu
+    from .vocab import tokenize
+
+    references = [[tokenize(r) for r in refs] for refs in images.references]
+    bleu = corpus_bleu([c.words for c in captions], references)
+    scores = {f"Bleu_{k + 1}": b for k, b in enumerate(bleu)}
+    if hasattr(images, "objects"):
+        from .data.shapes import attention_localization
+
+        scores["attention_localization"], scores["localized_words"] = attention_localization(
+            captions, images.objects, grid_size, images.image_size)
+    return scores

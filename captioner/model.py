@@ -1,0 +1,51 @@
+"""The captioner: VGG encoder + attention LSTM decoder behind one small surface.
+
+Dimensions:
+    B  batch    3, H, W  image    L  annotation vectors    D  encoder_dim
+    T  teacher-forced steps       V  vocabulary size
+
+    encode(images (B, 3, H, W))          -> annotations (B, L, D)
+    forward(images or annotations, inputs (B, T)) -> logits (B, T, V), alphas (B, T, L), betas (B, T)
+    init_state(annotations), step(tokens, state) -> one decoding step (used by beam search)
+
+The loss lives in `losses.py`; decoding lives in `beam.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .decoder import Decoder, DecoderState, StepOutput
+from .encoder import Encoder
+
+
+class Captioner(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config.encoder, config.encoder_dim)
+        self.decoder = Decoder(config)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalised images (B, 3, H, W) -> annotation vectors (B, L, D)."""
+        return self.encoder(images)
+
+    def forward(self, inputs: torch.Tensor, captions: torch.Tensor, mask: torch.Tensor | None = None):
+        """Teacher-forced pass. `inputs` is a batch of images (B, 3, H, W) or of precomputed
+        annotations (B, L, D), e.g. from the feature cache; `captions` (B, T) starts with <start>
+        and holds the previous word of each step. The batch is never reordered."""
+        annotations = self.encode(inputs) if inputs.dim() == 4 else inputs
+        return self.decoder(annotations, captions, mask)
+
+    def init_state(self, annotations: torch.Tensor) -> DecoderState:
+        return self.decoder.init_state(annotations)
+
+    def step(self, tokens: torch.Tensor, state: DecoderState, mask: torch.Tensor | None = None
+             ) -> tuple[StepOutput, DecoderState]:
+        return self.decoder.step(tokens, state, mask)
+
+    @property
+    def grid_size(self) -> int:
+        return self.config.grid_size

@@ -1,0 +1,92 @@
+"""Attention overlays: the photo, then one panel per generated word with that word's attention
+map smoothly upsampled over the photo (as in Xu et al. 2015, fig. 2-3). matplotlib is imported
+here only, so `import captioner` stays cheap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def centre_square(photo):
+    """The centred square crop the model saw (preprocess resizes, then crops the centre)."""
+    w, h = photo.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return photo.crop((left, top, left + side, top + side))
+
+
+def upsample(alphas: torch.Tensor, grid_size: int, side: int) -> np.ndarray:
+    """(T, L) attention weights -> (T, side, side) smooth maps (bicubic), each scaled to [0, 1]."""
+    maps = alphas.float().reshape(-1, 1, grid_size, grid_size)                    # (T, L) -> (T, 1, G, G)
+    if maps.shape[0] == 0:
+        return np.zeros((0, side, side), dtype=np.float32)
+    big = F.interpolate(maps, size=(side, side), mode="bicubic", align_corners=False).squeeze(1)  # (T, S, S)
+    big = big.clamp_min(0)
+    peak = big.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    return (big / peak).numpy()
+
+
+def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns: int = 5, boxes=None,
+                     marks=None, title: str | None = None):
+    """A matplotlib figure: the photo, then one panel per word (word as the panel title).
+
+    `boxes`: optional (x0, y0, x1, y1) boxes in the pixels of the photo's centre square, drawn on every panel.
+    `marks`: optional per-word (row, col) grid cells to mark (hard attention's sampled location).
+    """
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    square = centre_square(photo)
+    original = square.size[0]
+    side = min(448, max(224, original))
+    square = square.resize((side, side))
+    maps = upsample(alphas, grid_size, side)
+    panels = 1 + len(words)
+    cols = min(columns, panels)
+    rows = (panels + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(square)
+    axes.flat[0].set_title(title or "input", fontsize=10)
+    for i, word in enumerate(words):
+        ax = axes.flat[i + 1]
+        ax.imshow(square)
+        ax.imshow(maps[i], cmap="jet", alpha=0.5, extent=(0, side, side, 0), vmin=0, vmax=1)
+        ax.set_title(word, fontsize=11)
+        if boxes:
+            _draw_boxes(ax, boxes, side / original)
+        if marks is not None and marks[i] is not None:
+            r, c = marks[i]
+            cell = side / grid_size
+            ax.add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, edgecolor="white", lw=1.5))
+    fig.tight_layout()
+    return fig
+
+
+def _draw_boxes(ax, boxes, scale):
+    import matplotlib.pyplot as plt
+
+    for x0, y0, x1, y1 in boxes:
+        ax.add_patch(plt.Rectangle((x0 * scale, y0 * scale), (x1 - x0 + 1) * scale, (y1 - y0 + 1) * scale,
+                                   fill=False, edgecolor="white", lw=1, linestyle="--"))
+
+
+def render_attention(photo, caption, grid_size: int, path, columns: int = 5, boxes=None) -> Path:
+    """Write the overlay PNG for one decoded `Caption` to `path`; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig = attention_figure(photo, caption.words, caption.alphas, grid_size, columns, boxes=boxes,
+                           title=caption.text if len(caption.text) < 40 else None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
