@@ -1,0 +1,48 @@
+"""Fixtures shared by the tests: tiny models and vocabularies built on the spot (CPU, offline)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from captioner.config import ModelConfig  # noqa: E402
+from captioner.model import Captioner  # noqa: E402
+from captioner.vocab import SPECIALS, Vocabulary  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
+    fields = dict(vocab_size=vocab_size, encoder="vgg_tiny", image_size=32, encoder_dim=32, embed_dim=16,
+                  hidden_dim=32, attention_dim=16, positional="sine", max_len=8, dropout=0.0)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+@pytest.fixture
+def words_vocab() -> Vocabulary:
+    return Vocabulary(list(SPECIALS) + ["a", "red", "blue", "circle", "square", "above", "below"])
+
+
+@pytest.fixture
+def make_model(words_vocab):
+    def make(seed: int = 0, vocab: Vocabulary | None = None, **overrides) -> Captioner:
+        torch.manual_seed(seed)
+        model = Captioner(tiny_config(len(vocab or words_vocab), **overrides))
+        return model.eval()
+
+    return make
+
+
+def random_annotations(model: Captioner, batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    L = model.config.grid_size ** 2
+    return torch.randn(batch, L, model.config.encoder_dim, generator=g)
