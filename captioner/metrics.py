@@ -277,14 +277,21 @@ def ptb_tokenize_java(captions: Sequence[str]) -> list[list[str]]:
 # --- pure-Python imitation of the same tokeniser (used only where Java is missing) -------------
 
 # Abbreviations the Java tokeniser keeps together with their period (measured against its
-# output; case-insensitive there too). Any single letter followed by a period is kept as well.
+# output): these in any case; US states only capitalised or in capitals ("Ky.", "KY."). A single
+# letter followed by a period is kept too ("N. Astor"), unless a capitalised word that usually
+# opens a sentence follows ("I. The man": the period ends a sentence).
 _ABBREVIATIONS = frozenset("""
     mr mrs ms dr jr sr st ave blvd rd mt ft inc co corp ltd bros vs etc gov sen rep prof gen sgt lt col capt
     dept univ jan feb mar apr jun jul aug sep sept oct nov dec
 """.split())
-# Whole words the Java tokeniser splits in two.
+_STATES = frozenset("""
+    Ala Ariz Ark Calif Colo Conn Del Fla Ga Ill Ind Kan Kans Ky Md Mass Mich Minn Miss Mont Neb Nev Okla Ore
+    Penn Tenn Tex Vt Wash Wis Wyo
+""".split())
+# Whole words the Java tokeniser splits in two, and where.
 _SPLIT_WORDS = {"cannot": 3, "gonna": 3, "gotta": 3, "wanna": 3, "lemme": 3, "gimme": 3}
-_CONTRACTION = re.compile(r"(?i)^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
+_CONTRACTION = re.compile(r"^(.+?)(n't|N'T|'[sS]|'re|'RE|'ve|'VE|'ll|'LL|'[dD]|'[mM])$")
+_KEPT_APOSTROPHE = re.compile(r"^[A-Za-z]'\w+$|^[Mm]a'am$")   # o'neil, d'angelo, ma'am
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 _NORMALISE = [
     (re.compile(r"&amp;", re.I), "&"), (re.compile(r"&lt;", re.I), "<"), (re.compile(r"&gt;", re.I), ">"),
@@ -293,19 +300,23 @@ _NORMALISE = [
     (re.compile("[\u2013\u2014\u2015]"), "--"), (re.compile("\u00bd"), "1/2"), (re.compile("\u00bc"), "1/4"),
     (re.compile("\u00be"), "3/4"),
 ]
+# One alternative per kind of token, tried in order at each position (a small lexer).
 _LEXER = re.compile(r"""
     (?P<space>\s+)
-  | (?P<acronym>[A-Za-z](?:\.[A-Za-z])+\.?)(?![\w])                  # u.s.  t.v  a.m.
-  | (?P<word>-?\d[\w]*(?:(?:[-/@_]|[.,:](?=\d)|'(?=\w))[\w]+)*         # 10,000  3.5  1:30  -5  9-11
-      | [\w@]+(?:(?:[-/@_]|(?<=[A-Za-z])\.(?=[A-Za-z])|(?<=[A-Z])&(?=[A-Z])|'(?=\w))[\w@]+)*)
-  | (?P<apostrophe>'(?:s|re|ve|ll|d|m|em|cause|n'|\d0s)(?![\w'])     # 's  'em  '90s  (rock) 'n'
-      | 't(?=(?:is|was)\b))                                          # 'tis -> 't is
+  | (?P<acronym>[A-Za-z](?:\.[A-Za-z])+\.?)(?!\w)                         # u.s.  t.v  a.m.
+  | (?P<time>\d{1,2}:\d\d)(?=[AaPp][Mm]\b)                                # 6:40pm -> 6:40 pm
+  | (?P<word>-?\d\w*(?:(?:[-/@_]|[.,:](?=\d)|'(?=\w))\w+)*                # 10,000  3.5  1:30  -5  9-11
+      | [\w@]+(?:(?:[-/@_]|(?<=[A-Za-z])\.(?=[A-Za-z])|(?<=[A-Z])&(?=[A-Z])|'(?=\w))[\w@]+)*)  # AT&T  e-mail
+  | (?P<apostrophe>'(?:[sSdDmM]|re|RE|ve|VE|ll|LL|em|EM|cause|n'|N'|\d0s)(?![\w'])  # 's  'em  '90s  'n'
+      | '[tT](?=(?:is|IS|was|WAS)\b))                                      # 'tis -> 't is
   | (?P<quote>"|``|''|'|`)
   | (?P<stops>\.+)
-  | (?P<shout>[!?]+)
+  | (?P<shout>[!?]+)                                                      # "!!" and "?!" stay whole
   | (?P<dashes>--+|-)
   | (?P<other>.)
-""", re.VERBOSE | re.IGNORECASE)
+""", re.VERBOSE)
+_SENTENCE_START = re.compile(r"\s+(?:A|An|The|This|That|These|Those|There|Their|They|Then|He|She|It|Its|In|On|"
+                             r"At|As|We|You|I|If|His|Her|My|Our|But|And|So|What|When|Where|Who|Two)\b")
 
 
 def ptb_tokenize(text: str) -> list[str]:
@@ -329,10 +340,7 @@ def ptb_tokenize(text: str) -> list[str]:
         if kind == "space":
             continue
         if kind == "word":
-            # A period right after an abbreviation or a single letter stays with it ("st.", "j.").
-            if pos < end and text[pos] == "." and (token.lower() in _ABBREVIATIONS or (
-                    len(token) == 1 and token.isalpha()) or (
-                    token.lower() == "no" and re.match(r"\.\s*\d", text[pos:pos + 3]))):
+            if pos < end and text[pos] == "." and _keeps_period(token, text, pos + 1):
                 tokens.append(token + ".")
                 pos += 1
                 continue
@@ -351,16 +359,175 @@ def ptb_tokenize(text: str) -> list[str]:
     return [t for t in (t.lower() for t in tokens) if t not in PTB_PUNCTUATION]
 
 
+def _keeps_period(word: str, text: str, after: int) -> bool:
+    """Whether the period after `word` (text[after - 1]) belongs to it, as an abbreviation's."""
+    if word.lower() in _ABBREVIATIONS or word in _STATES or word.capitalize() in _STATES and word.isupper():
+        return True
+    if len(word) == 1 and word.isalpha():
+        return _SENTENCE_START.match(text, after) is None
+    return word in ("No", "no") and re.match(r"\s*\d", text[after:after + 3]) is not None   # "No. 5"
+
+
 def _split_word(word: str) -> list[str]:
-    """Contractions and the tokeniser's split words: "won't've" -> wo n't 've, "gonna" -> gon na."""
+    """Contractions and the tokeniser's split words: "won't've" -> wo n't 've, "gonna" -> gon na,
+    "rock'n'roll" -> rock 'n' roll; other inner apostrophes split unless after one letter (o'neil)."""
     lower = word.lower()
     if lower in _SPLIT_WORDS:
         cut = _SPLIT_WORDS[lower]
         return [word[:cut], word[cut:]]
     if lower.startswith("y'") and len(word) > 2:     # y'all, y'know
-        return [word[:2], word[2:]]
+        return [word[:2]] + _split_word(word[2:])
+    if "'n'" in lower and not lower.startswith("'n'"):
+        at = lower.index("'n'")
+        return _split_word(word[:at]) + [word[at:at + 3]] + (_split_word(word[at + 3:]) if word[at + 3:] else [])
     m = _CONTRACTION.match(word)
-    if m is None:
-        return [word]
-    stem, suffix = m.groups()   # can't -> ca n't, won't -> wo n't, as the Java tokeniser splits them
-    return _split_word(stem) + [suffix]
+    if m is not None:   # can't -> ca n't, won't -> wo n't, as the Java tokeniser splits them
+        stem, suffix = m.groups()
+        return _split_word(stem) + [suffix]
+    if "'" in word and not _KEPT_APOSTROPHE.match(word):
+        return [part for part in word.split("'") if part]   # the apostrophe would be deleted anyway
+    return [word]
+
+
+# ----------------------------------------------------------------------------------------------
+# METEOR (Java only) and all metrics together
+
+
+def meteor(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]]
+           ) -> tuple[float, list[float]]:
+    """METEOR 1.5 through the toolkit's own `Meteor` wrapper (its jar, run by Java): (corpus, per image).
+
+    The corpus score is the jar's aggregate over all images, not the mean of the per-image
+    scores, exactly as in the toolkit. The Java process is always shut down before returning.
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
+    if not hypotheses:
+        return 0.0, []
+    if not java_available():
+        raise JavaError("METEOR needs Java, and no `java` executable is on PATH")
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    gts = {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [" ".join(h)] for i, h in enumerate(hypotheses)}
+    try:
+        scorer = Meteor()
+    except OSError as e:
+        raise JavaError(f"cannot start METEOR's Java process ({e.strerror or e})") from None
+    try:
+        score, scores = scorer.compute_score(gts, res)
+    except (OSError, ValueError) as e:   # the JVM died (broken pipe) or answered nonsense
+        raise JavaError(f"METEOR's Java process failed ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
+                        ) from None
+    finally:
+        _close_meteor(scorer)
+    return float(score), [float(s) for s in scores]
+
+
+def _close_meteor(scorer) -> None:
+    """Shut the wrapper's Java process down now rather than whenever the garbage collector runs.
+
+    The wrapper's own __del__ takes its lock first; compute_score leaves that lock held when it
+    raises, so a fresh lock is put in place for __del__, which then finds the process ended.
+    """
+    process = scorer.meteor_p
+    for stream in (process.stdin, process.stdout, process.stderr):
+        try:
+            stream.close()
+        except OSError:
+            pass
+    process.kill()
+    process.wait()
+    scorer.lock = threading.Lock()
+
+
+METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+
+
+@dataclass
+class CocoScores:
+    """The toolkit's metrics for one set: overall values, each image's, and what could not be done."""
+
+    overall: dict[str, float]                 # keys from METRICS (METEOR absent without Java)
+    per_image: list[dict[str, float]]         # in the order of the hypotheses given
+    tokenizer: str                            # "java-ptb" (the toolkit's) or "python-ptb" (imitation)
+    warnings: list[str] = field(default_factory=list)
+
+
+def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], java: bool | None = None
+                ) -> CocoScores:
+    """Score raw captions (one hypothesis and one or more references per image) as the coco-caption
+    toolkit's COCOEvalCap does: PTB tokenisation, then BLEU-1..4, METEOR, ROUGE-L and CIDEr-D, on
+    the toolkit's scale (fractions). SPICE is not computed (it needs a Stanford CoreNLP download).
+
+    `java`: None uses Java when it is on PATH and otherwise falls back, with a warning, to the
+    pure-Python tokenisation without METEOR; False forces that fallback; True requires Java
+    (raises JavaError without it). METEOR runs in its own Java process while Python computes
+    the other metrics.
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
+    if any(len(refs) == 0 for refs in references):
+        raise ValueError("an image has no references")
+    warnings: list[str] = []
+    use_java = java_available() if java is None else java
+    if java is None and not use_java:
+        warnings.append("METEOR: omitted: Java was not found on PATH (the toolkit's METEOR and PTB tokeniser "
+                        "are Java programs); BLEU, ROUGE-L and CIDEr use the pure-Python PTB tokenisation")
+    elif java is False:
+        warnings.append("METEOR: omitted (Java not used); BLEU, ROUGE-L and CIDEr use the pure-Python PTB "
+                        "tokenisation")
+    hyp_tokens = ref_tokens = None
+    if use_java:
+        flat = list(hypotheses) + [r for refs in references for r in refs]
+        try:
+            tokens = ptb_tokenize_java(flat)
+        except JavaError as e:
+            if java:
+                raise
+            warnings.append(f"METEOR: omitted: {e}; BLEU, ROUGE-L and CIDEr use the pure-Python PTB tokenisation")
+            use_java = False
+        else:
+            hyp_tokens = tokens[:len(hypotheses)]
+            ref_tokens, at = [], len(hypotheses)
+            for refs in references:
+                ref_tokens.append(tokens[at:at + len(refs)])
+                at += len(refs)
+    if not use_java:
+        hyp_tokens = [ptb_tokenize(h) for h in hypotheses]
+        ref_tokens = [[ptb_tokenize(r) for r in refs] for refs in references]
+
+    meteor_result: dict = {}
+    worker = None
+    if use_java:
+        def run_meteor():
+            try:
+                meteor_result["value"] = meteor(hyp_tokens, ref_tokens)
+            except (JavaError, ImportError) as e:
+                meteor_result["error"] = str(e)
+
+        worker = threading.Thread(target=run_meteor, name="meteor", daemon=True)
+        worker.start()
+    try:
+        bleu, bleu_each = bleu_scores(hyp_tokens, ref_tokens)
+        rouge_each = [rouge_l(h, refs) for h, refs in zip(hyp_tokens, ref_tokens)]
+        cider, cider_each = cider_d(hyp_tokens, ref_tokens)
+    finally:
+        if worker is not None:
+            worker.join()
+
+    overall = {f"Bleu_{k + 1}": b for k, b in enumerate(bleu)}
+    per_image = [{f"Bleu_{k + 1}": b for k, b in enumerate(each)} for each in bleu_each]
+    if "value" in meteor_result:
+        overall["METEOR"] = meteor_result["value"][0]
+        for row, value in zip(per_image, meteor_result["value"][1]):
+            row["METEOR"] = value
+    elif "error" in meteor_result:
+        warnings.append(f"METEOR: omitted: {meteor_result['error']}")
+    overall["ROUGE_L"] = sum(rouge_each) / len(rouge_each) if rouge_each else 0.0
+    overall["CIDEr"] = cider
+    for row, r, c in zip(per_image, rouge_each, cider_each):
+        row["ROUGE_L"], row["CIDEr"] = r, c
+    return CocoScores({k: overall[k] for k in METRICS if k in overall},
+                      [{k: row[k] for k in METRICS if k in row} for row in per_image],
+                      "java-ptb" if use_java else "python-ptb", warnings)

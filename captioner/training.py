@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, atomic_save, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import CaptionPairs, EpochSampler, collate_pairs, load_split
 from .images import normalize
@@ -125,6 +125,13 @@ class _LR:
         return tc.lr * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def batch_loss(model, inputs: torch.Tensor, captions: torch.Tensor, pad_id: int, tc: TrainConfig) -> dict:
+    """The training objective for one batch: `inputs` are normalised images (B, 3, H, W) or cached
+    annotations (B, L, D); `captions` (B, T+1) run <start> .. <end> <pad>..."""
+    logits, alphas, _ = model(inputs, captions[:, :-1])
+    return caption_loss(logits, alphas, captions[:, 1:], pad_id, tc.doubly_stochastic)
+
+
 def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | torch.device = "cpu",
           log=print) -> dict:
     """Run one training job; returns a summary dict. Writes into `tc.out_dir`:
@@ -231,8 +238,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
             images, captions = images.to(device, non_blocking=True), captions.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            logits, alphas, _ = model(normalize(images), captions[:, :-1])
-            losses = caption_loss(logits, alphas, captions[:, 1:], vocab.pad, tc.doubly_stochastic)
+            losses = batch_loss(model, normalize(images), captions, vocab.pad, tc)
             if not torch.isfinite(losses["loss"]):
                 stop_reason = "non-finite loss"
                 raise TrainingError(f"loss became {losses['loss'].item()} at step {step + 1}; stopped. "
@@ -298,10 +304,4 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def save_plain(path, model, vocab) -> None:
-    """A checkpoint without training state (what `weights/` ships)."""
-    save_checkpoint(path, model, vocab)
-
-
-__all__ = ["train", "TrainingError", "model_config_for", "build_vocab", "DATASET_MODEL_DEFAULTS", "atomic_save",
-           "save_plain"]
+__all__ = ["train", "batch_loss", "TrainingError", "model_config_for", "build_vocab", "DATASET_MODEL_DEFAULTS"]
