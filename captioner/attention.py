@@ -10,6 +10,15 @@ dot and general, Vaswani et al. (2017)'s scaled dot product, and several such he
 
 The annotation-side projections do not depend on t, so `keys()` computes them once per
 image and every decoding step reuses them.
+
+The module is split the way the three mechanisms need it (decoder.py picks the mechanism):
+    distributions(keys, h, mask, bias)  -> one attention distribution per head (B, K, L)
+    read(weights, keys, annotations)    -> the context those weights give (B, D)
+Soft attention (sec. 4.2) reads with the distributions themselves (the expected context);
+hard attention (sec. 4.1) reads with a one-hot sample s_t of them, so `read` returns a_{s_t};
+local attention adds `LocalWindow`'s log-window as `bias` (Luong et al. 2015, local-p).
+K = 1 for every score but multihead, whose heads each have their own distribution (and, with
+hard attention, each sample their own location).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ class Attention(nn.Module):
         super().__init__()
         self.score = score
         self.encoder_dim = encoder_dim
+        self.num_heads = num_heads if score == "multihead" else 1   # K: distributions per step
         if score == "additive":
             self.key_proj = nn.Linear(encoder_dim, attention_dim)            # W_a a_i + b (precomputed)
             self.query_proj = nn.Linear(hidden_dim, attention_dim, bias=False)  # W_h h_{t-1}
@@ -47,7 +57,6 @@ class Attention(nn.Module):
         elif score == "multihead":
             if encoder_dim % num_heads:
                 raise ValueError(f"encoder_dim ({encoder_dim}) must be divisible by num_heads ({num_heads})")
-            self.num_heads = num_heads
             self.query_proj = nn.Linear(hidden_dim, encoder_dim)
             self.key_proj = nn.Linear(encoder_dim, encoder_dim)
             self.value_proj = nn.Linear(encoder_dim, encoder_dim)
@@ -55,44 +64,111 @@ class Attention(nn.Module):
         else:
             raise ValueError(f"unknown score {score!r}")
 
-    def keys(self, annotations: torch.Tensor) -> torch.Tensor:
-        """The per-image part of the score, computed once before decoding."""
+    def keys(self, annotations: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-image part of the score, computed once before decoding. `values` (default: the
+        annotations themselves) are what multihead's value projection reads."""
         if self.score == "additive":
             return self.key_proj(annotations)                                 # (B, L, A)
         if self.score == "general":
             return self.bilinear(annotations)                                 # (B, L, n)
         if self.score == "multihead":
-            return torch.cat([self.key_proj(annotations), self.value_proj(annotations)], dim=-1)  # (B, L, 2D)
+            values = annotations if values is None else values
+            return torch.cat([self.key_proj(annotations), self.value_proj(values)], dim=-1)  # (B, L, 2D)
         return annotations                                                    # (B, L, D)
 
-    def forward(self, keys: torch.Tensor, annotations: torch.Tensor, h: torch.Tensor,
-                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns alphas (B, L), summing to 1 over unmasked cells, and the expected context (B, D)."""
+    def scores(self, keys: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """e_ti = f_att(a_i, h_{t-1}) for every cell and head: (B, K, L). Sec. 3.1.2, eq. (4)."""
         if self.score == "multihead":
-            return self._multihead(keys, h, mask)
+            B, L, _ = keys.shape
+            K, d = self.num_heads, self.encoder_dim // self.num_heads
+            k = keys[..., :self.encoder_dim].reshape(B, L, K, d).transpose(1, 2)  # (B, L, D) -> (B, K, L, d)
+            q = self.query_proj(h).view(B, K, d, 1)                              # (B, D) -> (B, K, d, 1)
+            return torch.matmul(k, q).squeeze(-1) / math.sqrt(d)                 # (B, K, L, 1) -> (B, K, L)
         if self.score == "additive":
             scores = self.energy(torch.tanh(keys + self.query_proj(h).unsqueeze(1))).squeeze(-1)  # (B, L, 1) -> (B, L)
         else:
             scores = torch.bmm(keys, h.unsqueeze(-1)).squeeze(-1)            # (B, L, n) @ (B, n, 1) -> (B, L)
             if self.score == "scaled-dot":
                 scores = scores / math.sqrt(self.encoder_dim)
-        alphas = masked_softmax(scores, mask)
-        context = torch.bmm(alphas.unsqueeze(1), annotations).squeeze(1)     # (B, 1, L) @ (B, L, D) -> (B, D)
-        return alphas, context
+        return scores.unsqueeze(1)                                           # (B, L) -> (B, 1, L)
 
-    def _multihead(self, keys, h, mask):
+    def distributions(self, keys: torch.Tensor, h: torch.Tensor, mask: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+        """alpha_t per head, (B, K, L): softmax_i(e_ti + bias_i) over the cells that `mask` (B, L) allows.
+
+        `bias` (B, L) is added to every head's scores before the softmax (local attention's
+        log-Gaussian window); masked cells get exactly zero weight. Eq. (5)."""
+        scores = self.scores(keys, h)                                        # (B, K, L)
+        if bias is not None:
+            scores = scores + bias.unsqueeze(1)                              # (B, K, L) + (B, 1, L)
+        return masked_softmax(scores, None if mask is None else mask.unsqueeze(1))
+
+    def read(self, weights: torch.Tensor, keys: torch.Tensor, annotations: torch.Tensor) -> torch.Tensor:
+        """The context for per-head weights (B, K, L): sum_i w_i a_i, eq. (6) (multihead: per-head
+        values, concatenated and projected). With soft weights this is phi of sec. 4.2, the expected
+        context; with one-hot weights (hard attention's sample s_t) it is a_{s_t}, sec. 4.1, eq. (8)."""
+        if self.score != "multihead":
+            return torch.bmm(weights, annotations).squeeze(1)                # (B, 1, L) @ (B, L, D) -> (B, D)
         B, L, _ = keys.shape
         K, d = self.num_heads, self.encoder_dim // self.num_heads
-        k, v = keys.split(self.encoder_dim, dim=-1)                          # (B, L, D) each
-        k = k.view(B, L, K, d).transpose(1, 2)                               # (B, L, D) -> (B, K, L, d)
-        v = v.view(B, L, K, d).transpose(1, 2)                               # (B, L, D) -> (B, K, L, d)
-        q = self.query_proj(h).view(B, K, d, 1)                              # (B, D) -> (B, K, d, 1)
-        scores = torch.matmul(k, q).squeeze(-1) / math.sqrt(d)               # (B, K, L)
-        head_alphas = masked_softmax(scores, None if mask is None else mask.unsqueeze(1))
-        heads = torch.matmul(head_alphas.unsqueeze(2), v).squeeze(2)         # (B, K, 1, L) @ (B, K, L, d) -> (B, K, d)
-        context = self.out_proj(heads.reshape(B, self.encoder_dim))          # (B, K, d) -> (B, D)
-        # One map per word for display and for the doubly stochastic term: the heads' mean (sums to 1).
-        return head_alphas.mean(dim=1), context
+        v = keys[..., self.encoder_dim:].reshape(B, L, K, d).transpose(1, 2)  # (B, L, D) -> (B, K, L, d)
+        heads = torch.matmul(weights.unsqueeze(2), v).squeeze(2)             # (B, K, 1, L) @ (B, K, L, d) -> (B, K, d)
+        return self.out_proj(heads.reshape(B, self.encoder_dim))             # (B, K, d) -> (B, D)
+
+    def forward(self, keys: torch.Tensor, annotations: torch.Tensor, h: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft attention: alphas (B, L), summing to 1 over unmasked cells, and the expected context (B, D).
+
+        For multihead the one map per word (for display and the doubly stochastic term) is the
+        heads' mean, which also sums to 1."""
+        weights = self.distributions(keys, h, mask)                          # (B, K, L)
+        return weights.mean(dim=1), self.read(weights, keys, annotations)
+
+
+class LocalWindow(nn.Module):
+    """Luong et al. (2015)'s local-p attention, adapted to the 2-D annotation grid.
+
+    From h_{t-1} the decoder predicts a centre p_t = (p_r, p_c) on the grid, one coordinate per axis:
+        p_t = G * sigmoid(v_p^T tanh(W_p h_{t-1}))                 (Luong eq. (9), per axis)
+    in continuous grid coordinates: cell (r, c) spans [r, r+1) x [c, c+1), its centre is (r+.5, c+.5).
+    The attention weights are the global ones times a Gaussian around p_t, truncated to the square
+    window |r+.5 - p_r| <= D, |c+.5 - p_c| <= D with D = 2 sigma (Luong sets sigma = D / 2),
+        alpha_ti  ∝  softmax_i(e_ti) * exp(-((r_i - p_r)^2 + (c_i - p_c)^2) / (2 sigma^2))   inside the window,
+    and **renormalised to sum to 1 over the window** (Luong leaves the product unnormalised; we
+    renormalise so that alpha stays a distribution: the context stays an average of annotations,
+    the doubly stochastic term and the attention maps mean the same as for global attention, and
+    hard sampling stays possible). Since softmax's normaliser cancels in the renormalisation,
+    this is exactly softmax over the window of e_ti - d_i^2 / (2 sigma^2): `bias` below.
+    The Gaussian makes alpha differentiable in p_t; the truncation does not (as in Luong).
+    Scores for all L cells are still computed (on small grids gathering the window costs more
+    than it saves), so the cost is that of global attention plus the window.
+    """
+
+    def __init__(self, hidden_dim: int, attention_dim: int, grid_size: int, sigma: float):
+        super().__init__()
+        self.grid_size, self.sigma = grid_size, float(sigma)
+        self.W_p = nn.Linear(hidden_dim, attention_dim, bias=False)
+        self.v_p = nn.Linear(attention_dim, 2, bias=False)                  # one v_p per axis: (row, col)
+        cells = torch.arange(grid_size * grid_size)
+        centres = torch.stack([cells // grid_size, cells % grid_size], dim=-1).float() + 0.5  # (L, 2) (row, col)
+        self.register_buffer("cell_centres", centres, persistent=False)
+
+    def centre(self, h: torch.Tensor) -> torch.Tensor:
+        """p_t (B, 2) = (row, col) in [0, G], from h_{t-1} (B, n)."""
+        return self.grid_size * torch.sigmoid(self.v_p(torch.tanh(self.W_p(h))))
+
+    def restrict(self, centre: torch.Tensor, mask: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-Gaussian `bias` (B, L) and the cells allowed (B, L): the window, within `mask`.
+
+        If a padding mask leaves no cell of the window, the row falls back to `mask` alone."""
+        offset = self.cell_centres.to(centre.dtype).unsqueeze(0) - centre.unsqueeze(1)  # (1, L, 2) - (B, 1, 2) -> (B, L, 2)
+        bias = -(offset ** 2).sum(-1) / (2 * self.sigma ** 2)               # (B, L) log of the Gaussian
+        window = (offset.abs() <= 2 * self.sigma).all(dim=-1)                # (B, L): |dr| <= D and |dc| <= D
+        if mask is not None:
+            allowed = window & mask
+            window = torch.where(allowed.any(-1, keepdim=True), allowed, mask)
+        return bias, window
 
 
 def sinusoidal_2d(grid: int, dim: int, device=None, dtype=None) -> torch.Tensor:
@@ -119,4 +195,4 @@ def entropy(alphas: torch.Tensor) -> torch.Tensor:
     return -(alphas * torch.log(alphas.clamp_min(1e-12))).sum(-1)
 
 
-__all__ = ["Attention", "masked_softmax", "sinusoidal_2d", "entropy"]
+__all__ = ["Attention", "LocalWindow", "masked_softmax", "sinusoidal_2d", "entropy"]

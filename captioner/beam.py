@@ -29,6 +29,10 @@ class Caption:
     betas: torch.Tensor              # (len(words),) gating scalar of every word
     finished: bool                   # False when max_len was reached without <end>
     candidates: list[tuple[list[str], float]] = field(default_factory=list)  # (words, log_prob), best first
+    # (len(words),) long: the grid cell (row-major) each word attended, where the mechanism has one:
+    # hard attention's location (argmax, or the sample in training mode), local attention's window
+    # centre cell; None for soft attention.
+    locations: torch.Tensor | None = None
 
     @property
     def text(self) -> str:
@@ -67,6 +71,7 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     history = torch.zeros(B, K, 0, dtype=torch.long, device=device)
     alpha_hist = torch.zeros(B, K, 0, L, device=device)
     beta_hist = torch.zeros(B, K, 0, device=device)
+    loc_hist = torch.zeros(B, K, 0, dtype=torch.long, device=device)              # -1: no location
 
     # A finished hypothesis may only "emit" <pad>, at no cost: its score stays frozen.
     frozen = torch.full((V,), float("-inf"), device=device)
@@ -96,6 +101,11 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
         step_betas = out.beta.float().view(B, K).gather(1, parent)
         beta_hist = torch.cat([beta_hist.gather(1, parent.unsqueeze(-1).expand_as(beta_hist)),
                                step_betas.unsqueeze(-1)], dim=2)
+        location = getattr(out, "location", None)
+        step_locs = (location.view(B, K).gather(1, parent) if location is not None
+                     else torch.full((B, K), -1, dtype=torch.long, device=device))  # (N,) -> (B, K)
+        loc_hist = torch.cat([loc_hist.gather(1, parent.unsqueeze(-1).expand_as(loc_hist)),
+                              step_locs.unsqueeze(-1)], dim=2)
         finished = finished.gather(1, parent) | (word == vocab.end)
         tokens = word.view(-1)
         if bool(finished.all()):
@@ -108,6 +118,8 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
 
     history, scores, ranked = history.cpu(), scores.cpu(), ranked.cpu()
     alpha_hist, beta_hist, finished, order = alpha_hist.cpu(), beta_hist.cpu(), finished.cpu(), order.cpu()
+    loc_hist = loc_hist.cpu()
+    has_locations = bool((loc_hist >= 0).any())
     results = []
     for b in range(B):  # unpacking into Python objects only; the search itself is batched
         cands = []
@@ -120,5 +132,6 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
         n = len(words)
         results.append(Caption(words=words, log_prob=float(scores[b, best]), score=float(ranked[b, best]),
                                alphas=alpha_hist[b, best, :n], betas=beta_hist[b, best, :n],
-                               finished=bool(finished[b, best]), candidates=cands))
+                               finished=bool(finished[b, best]), candidates=cands,
+                               locations=loc_hist[b, best, :n] if has_locations else None))
     return results

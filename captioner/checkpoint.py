@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import stat
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -35,6 +38,7 @@ def atomic_save(obj, path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -55,6 +59,17 @@ def atomic_save(obj, path) -> None:
         pass
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def save_checkpoint(path, model, vocab: Vocabulary, **extra) -> None:
     """Save `model` (a Captioner) with its configuration and vocabulary; `extra` must be plain data."""
     atomic_save({
@@ -71,22 +86,50 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     """Load and validate the file's structure; raises CheckpointError with one clear line."""
     path = Path(path)
     name = str(path)
-    if not path.exists():
-        raise CheckpointError(f"{name}: no such checkpoint file")
-    if path.is_dir():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"{name}: no such checkpoint file") from None
+    except OSError as e:
+        raise CheckpointError(f"{name}: cannot read ({e.strerror or _first_line(e)})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise CheckpointError(f"{name}: is a directory, not a checkpoint file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{name}: not a regular file (a device, pipe or socket), not a checkpoint")
+    if info.st_size == 0:
         raise CheckpointError(f"{name}: empty file (0 bytes), not a checkpoint")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{name}: cannot read ({e.strerror or _first_line(e)})") from None
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # torch.save: a zip archive, or a pickle
+        raise CheckpointError(f"{name}: not a checkpoint file (neither a zip archive nor a pickle; "
+                              f"it starts with {head!r})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the refusal below says it all
+            # weights_only=True, always: the restricted unpickler builds tensors and plain containers only,
+            # and an explicit True cannot be overridden by TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) or "weights_only" in str(e):
-            raise CheckpointError(f"{name}: refused: the file holds pickled Python objects, not plain data "
-                                  f"(possibly code); nothing in it was run") from None
+        text = str(e)
+        wanted = re.search(r"GLOBAL ([\w.]+)", text)
+        if wanted:
+            raise CheckpointError(f"{name}: refused: loading it would call {wanted.group(1)}, so the file carries "
+                                  "pickled code or Python objects, not plain data; nothing in it was run") from None
+        if "Weights only load failed" in text or "weights_only" in text:
+            raise CheckpointError(f"{name}: refused: not plain data (corrupted, or pickled Python objects the safe "
+                                  "loader does not accept); nothing in it was run") from None
         raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({_first_line(e)})") from None
+    except MemoryError:
+        raise CheckpointError(f"{name}: corrupted checkpoint (it asks for more memory than there is)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
             UnicodeDecodeError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file may make the reader raise anything
+        raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({type(e).__name__}: "
+                              f"{_first_line(e)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{name}: not a captioner checkpoint (no '{FORMAT}' format marker)")
     version = data.get("format_version")
@@ -116,10 +159,15 @@ def build_from_checkpoint(data: dict, name: str = "checkpoint"):
         vocab = Vocabulary.from_dict(data["vocab"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{name}: invalid vocabulary ({_first_line(e)})") from None
+    if not all(isinstance(w, str) for w in vocab.itos):
+        raise CheckpointError(f"{name}: invalid vocabulary (its words must all be strings)")
     if len(vocab) != config.vocab_size:
         raise CheckpointError(f"{name}: the vocabulary has {len(vocab)} words but the model predicts "
                               f"{config.vocab_size}; the file mixes parts of different models")
-    model = Captioner(config)
+    try:
+        model = Captioner(config)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{name}: invalid model configuration ({_first_line(e)})") from None
     own = model.state_dict()
     state = data["state_dict"]
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -131,7 +179,10 @@ def build_from_checkpoint(data: dict, name: str = "checkpoint"):
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise CheckpointError(f"{name}: weight {k} has shape {shape}, the configuration needs "
                                   f"{tuple(own[k].shape)}")
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{name}: weights do not fit the model ({_first_line(e)})") from None
     return model, vocab
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
-from .config import ATTENTIONS, ENCODERS, POSITIONAL, SCORES, ModelConfig, TrainConfig
+from .config import (ATTENTIONS, DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS, ENCODERS, POSITIONAL, SCORES,
+                     ModelConfig, TrainConfig, train_config_for)
 
 TRAIN_HELP = {
     "dataset": "data set: shapes (built in, no files), coco, flickr8k, flickr30k",
@@ -33,7 +36,16 @@ TRAIN_HELP = {
     "val_images": "shapes: number of validation images generated",
     "min_count": "words seen fewer times in the training captions become <unk>",
     "seed": "random seed (data order, initialisation; shapes: the generator seed of every split)",
-    "num_workers": "DataLoader worker processes",
+    "num_workers": "DataLoader worker processes (image decoding, feature-cache reads); 0 reads in the main "
+                   "process. Real photos want several",
+    "strict": "stop with an error when an annotation's image is missing, unreadable or outside --data-root "
+              "(default: skip such images and report them in one line)",
+    "group_by_length": "group captions of similar length into batches (deterministic per seed and epoch)",
+    "feature_cache": "folder for cached encoder features: annotation vectors of every image are computed once "
+                     "(float16, memory-mapped files keyed by encoder and images) and training reads them; needs a "
+                     "frozen encoder (--pretrained or --encoder-weights without --finetune-encoder, or "
+                     "--freeze-encoder)",
+    "amp": "on CUDA, run the training step under bf16 autocast (--no-amp: float32)",
     "pretrained": "start the VGG encoder from torchvision's ImageNet weights (downloads once)",
     "encoder_weights": "start the VGG encoder from this local torchvision state_dict file",
     "finetune_encoder": "with pretrained weights: also train the encoder's last convolutional block",
@@ -41,7 +53,9 @@ TRAIN_HELP = {
     "baseline_decay": "hard attention: decay of the moving-average log-likelihood baseline",
     "entropy_weight": "hard attention: weight of the entropy bonus on the attention distribution",
     "expectation_prob": "hard attention: probability per batch of using the expected (soft) context",
-    "resume": "continue the run in --out-dir from its last.pt",
+    "reinforce_weight": "hard attention: lambda_r, weight of the REINFORCE term of eq. (12)",
+    "resume": "continue the run in --out-dir from its last.pt (a new run if it has none yet); without it, an "
+              "--out-dir that already holds a run is refused rather than overwritten",
     "log_every": "steps between progress-bar loss updates",
     "progress": "show a progress bar",
 }
@@ -65,6 +79,16 @@ MODEL_HELP = {
 }
 
 
+def _default_text(cls, f) -> str:
+    """The default a flag left unset gets: the dataclass's, or per data set where they differ."""
+    table = DATASET_TRAIN_DEFAULTS if cls is TrainConfig else DATASET_MODEL_DEFAULTS
+    special = {name: d[f.name] for name, d in table.items() if f.name in d and d[f.name] != f.default}
+    text = str(f.default)
+    if special:
+        text += "; " + ", ".join(f"{name}: {value}" for name, value in special.items())
+    return text
+
+
 def _add_fields(parser, cls, helps, skip=(), defaults_none=False):
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -80,18 +104,23 @@ def _add_fields(parser, cls, helps, skip=(), defaults_none=False):
         choices = {"encoder": ENCODERS, "attention": ATTENTIONS, "score": SCORES, "positional": POSITIONAL,
                    "hard_test": ("expected", "argmax"),
                    "lr_schedule": ("onecycle", "plateau", "constant")}.get(f.name)
-        suffix = "" if defaults_none else f" (default: {default})"
+        suffix = f" (default: {_default_text(cls, f)})"
         parser.add_argument(flag, type=caster, default=default, choices=choices, help=help_text + suffix)
 
 
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py", description="Train a Show, Attend and Tell captioner.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_fields(parser.add_argument_group("training run"), TrainConfig, TRAIN_HELP)
+        epilog="Checkpoints are written atomically; a run killed at any moment continues with --resume exactly "
+               "as if it had not stopped. Ctrl-C (or SIGTERM) finishes the current step, saves last.pt and exits "
+               "with status 130; a second Ctrl-C leaves at once. Exit status 2: bad input, or training stopped "
+               "with an error (non-finite loss: last.pt keeps the last good state).")
+    _add_fields(parser.add_argument_group("training run (unset: the data set's defaults)"), TrainConfig, TRAIN_HELP,
+                defaults_none=True)
     _add_fields(parser.add_argument_group("model (unset: the data set's defaults)"), ModelConfig, MODEL_HELP,
                 skip=("vocab_size",), defaults_none=True)
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available)")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N, or auto (CUDA when available) (default: auto)")
     return parser
 
 
@@ -100,7 +129,10 @@ def pick_device(name: str):
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is available")
     return device
@@ -111,30 +143,68 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _check_paths(args) -> str | None:
+    """The first problem with a path flag of train.py, as one line; None when all are usable."""
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        return f"{out}: --out-dir must be a folder (it is created if missing), and this is a file"
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        return f"{args.data_root}: --data-root must be an existing folder"
+    for flag, value in (("--split-file", args.split_file), ("--encoder-weights", args.encoder_weights)):
+        in_root = (flag == "--split-file" and value is not None and args.data_root is not None
+                   and (Path(args.data_root) / value).is_file())
+        if value is not None and not Path(value).is_file() and not in_root:  # a split file may lie in the data root
+            what = "is a folder" if Path(value).is_dir() else "does not exist"
+            return f"{value}: {flag} must be a file, and this {what}"
+    return None
+
+
 def train_main(argv=None) -> int:
     args = train_parser().parse_args(argv)
     values = vars(args)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
     try:
-        tc = TrainConfig(**{k: values[k] for k in train_fields})
-        device = pick_device(args.device)
+        tc = train_config_for(values["dataset"] or "shapes", **{k: values[k] for k in train_fields - {"dataset"}})
+        pick_device(args.device)  # validates --device before any process group is joined
     except ValueError as e:
         return _fail(str(e))
+    problem = _check_paths(args)
+    if problem:
+        return _fail(problem)
+    from .distributed import cleanup, setup
     from .training import TrainingError, train
 
     overrides = {k: values[k] for k in model_fields if values[k] is not None}
     try:
-        summary = train(tc, overrides, device)
+        # torchrun: one process per device, DDP (see distributed.py); a plain run: this process alone.
+        dist, device = setup(args.device)
+    except (ValueError, RuntimeError) as e:
+        return _fail(f"cannot start distributed training ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    try:
+        summary = train(tc, overrides, device, dist=dist)
     except (TrainingError, ValueError) as e:
         return _fail(str(e))
-    print(json.dumps({k: summary[k] for k in ("steps", "best_bleu4", "stop", "best_checkpoint")}))
-    return 0
+    except OSError as e:  # disk full, permissions, ...: one line, never a traceback
+        return _fail(f"{e.filename + ': ' if getattr(e, 'filename', None) else ''}{e.strerror or e}")
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C
+        print("interrupted; the run folder holds the last checkpoint written (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    finally:
+        cleanup(dist)
+    if dist.is_main:
+        print(json.dumps({k: summary[k] for k in ("steps", "best_bleu4", "stop", "best_checkpoint")}))
+    # Ctrl-C (or SIGTERM) saved last.pt and left: 130, as for any command stopped by Ctrl-C.
+    return 130 if summary["stop"] == "interrupted" else 0
 
 
 def caption_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="caption.py", description="Caption images with a Show, Attend and Tell model.",
+        epilog="Prints '<image><TAB><caption>' per image that could be read, and '<image>: <reason>' on stderr per "
+               "image that could not. Exit status: 0 all captioned, 1 some image could not be read, 2 bad flags "
+               "or weights.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files to caption")
     parser.add_argument("--weights", default=None,
@@ -151,14 +221,50 @@ def caption_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_BEAM = 100
+MAX_BATCH = 1024
+
+
+def _shown(path: str) -> str:
+    """A path for one output line: control characters escaped (a file name may hold a newline)."""
+    return "".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 else c for c in path)
+
+
 def caption_main(argv=None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not valid UTF-8 is printed as its own bytes (as `ls` does), never a crash.
+        if hasattr(stream, "reconfigure"):
+            utf8 = (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
+            stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
     args = caption_parser().parse_args(argv)
-    if args.beam_size < 1:
-        return _fail(f"--beam-size must be at least 1, got {args.beam_size}")
-    if args.batch_size < 1:
-        return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.attention is not None and Path(args.attention).exists() and not Path(args.attention).is_dir():
-        return _fail(f"{args.attention}: --attention needs a folder, and this is a file")
+    try:
+        return _caption(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `caption.py ... | head`: the reader left; not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+
+
+def _caption(args) -> int:
+    if not 1 <= args.beam_size <= MAX_BEAM:
+        return _fail(f"--beam-size must be between 1 and {MAX_BEAM}, got {args.beam_size}")
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        return _fail(f"--batch-size must be between 1 and {MAX_BATCH}, got {args.batch_size}")
+    if not math.isfinite(args.length_penalty):
+        return _fail(f"--length-penalty must be a finite number, got {args.length_penalty}")
+    if args.attention is not None:
+        folder = Path(args.attention)
+        if folder.exists() and not folder.is_dir():
+            return _fail(f"{args.attention}: --attention needs a folder, and this is a file")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return _fail(f"{args.attention}: cannot create the --attention folder ({e.strerror or e})")
     import torch
 
     from .checkpoint import CheckpointError, load_captioner
@@ -176,6 +282,7 @@ def caption_main(argv=None) -> int:
     pending: list[tuple[str, object, torch.Tensor]] = []
 
     def flush():
+        nonlocal failed
         if not pending:
             return
         pixels = torch.stack([p[2] for p in pending])
@@ -186,12 +293,16 @@ def caption_main(argv=None) -> int:
                                   "candidates": [{"caption": " ".join(w), "log_prob": round(lp, 4)}
                                                  for w, lp in caption.candidates]}), flush=True)
             else:
-                print(f"{path}\t{caption.text}", flush=True)
+                print(f"{_shown(path)}\t{caption.text}", flush=True)
             if args.attention is not None:
                 from .render import render_attention
 
                 out = Path(args.attention) / (Path(path).stem + ".png")
-                render_attention(photo, caption, model.config.grid_size, out)
+                try:
+                    render_attention(photo, caption, model.config.grid_size, out)
+                except OSError as e:
+                    print(f"{_shown(path)}: cannot write {out} ({e.strerror or e})", file=sys.stderr, flush=True)
+                    failed += 1
         pending.clear()
 
     for path in args.images:
@@ -199,7 +310,11 @@ def caption_main(argv=None) -> int:
             photo = load_image(path)
             pending.append((path, photo, preprocess(photo, size)))
         except ImageError as e:
-            print(f"{path}: {e}", file=sys.stderr, flush=True)
+            print(f"{_shown(path)}: {e}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        except (MemoryError, ValueError, OSError) as e:  # resizing a readable but odd picture
+            print(f"{_shown(path)}: cannot prepare the image ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
             failed += 1
             continue
         if len(pending) >= args.batch_size:

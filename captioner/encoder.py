@@ -113,3 +113,19 @@ def pretrained_state_dict(name: str, progress: bool = True) -> dict:
 
     weights = getattr(models, _WEIGHT_ENUMS[name]).IMAGENET1K_V1
     return weights.get_state_dict(progress=progress)
+
+
+def pretrained_hint(name: str) -> str:
+    """What to do where `pretrained_state_dict` cannot download: one sentence naming the file."""
+    try:
+        from torchvision import models
+
+        import torch
+
+        url = getattr(models, _WEIGHT_ENUMS[name]).IMAGENET1K_V1.url
+        cache = f"{torch.hub.get_dir()}/checkpoints/"
+        return (f"on a machine with internet, download {url} and pass the file with --encoder-weights PATH "
+                f"(or copy it into {cache})")
+    except Exception:  # noqa: BLE001 - the hint must never fail
+        return ("download torchvision's ImageNet file for this VGG on a machine with internet and pass it with "
+                "--encoder-weights PATH")

@@ -12,28 +12,42 @@ from .images import normalize
 @torch.inference_mode()
 def caption_batch(model, images_uint8: torch.Tensor, vocab, beam_size: int = 3, length_penalty: float = 0.0,
                   max_len: int | None = None) -> list[Caption]:
-    """uint8 images (B, 3, S, S) -> one Caption per image. The model's device is used."""
+    """uint8 images (B, 3, S, S), or cached annotations (B, L, D) (see `captioner.data.cache`),
+    -> one Caption per image. The model's device is used."""
     device = next(model.parameters()).device
-    annotations = model.encode(normalize(images_uint8.to(device, non_blocking=True)))   # (B, L, D)
+    inputs = images_uint8.to(device, non_blocking=True)
+    if inputs.dim() == 3:                                                                # already (B, L, D)
+        annotations = inputs.float()
+    else:
+        annotations = model.encode(normalize(inputs))                                    # (B, L, D)
     return beam_search(model, annotations, vocab, beam_size=beam_size, max_len=max_len,
                        length_penalty=length_penalty)
 
 
 def caption_set(model, images, vocab, beam_size: int = 3, batch_size: int = 64, length_penalty: float = 0.0,
-                progress: bool = False, max_len: int | None = None) -> list[Caption]:
-    """Decode every image of an image set (see `captioner.data`) once; results in set order."""
+                progress: bool = False, max_len: int | None = None, num_workers: int = 0) -> list[Caption]:
+    """Decode every image of an image set (see `captioner.data`) once; results in set order.
+    With `num_workers` > 0, images are read and decoded in that many DataLoader worker processes."""
     was_training = model.training
     model.eval()
     results: list[Caption] = []
-    batches = range(0, len(images), batch_size)
+    if num_workers > 0 and len(images):
+        from .data import ImagesOnly, collate_images
+
+        loader = torch.utils.data.DataLoader(ImagesOnly(images), batch_size=batch_size, num_workers=num_workers,
+                                             collate_fn=collate_images,
+                                             generator=torch.Generator())  # leave the global RNG alone
+        batches = (pixels for pixels, _ in loader)
+    else:
+        batches = (torch.stack([images.image(i) for i in range(start, min(start + batch_size, len(images)))])
+                   for start in range(0, len(images), batch_size))
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="decoding", unit="batch", leave=False)
+        batches = tqdm(batches, desc="decoding", unit="batch", leave=False,
+                       total=(len(images) + batch_size - 1) // batch_size)
     try:
-        for start in batches:
-            stop = min(start + batch_size, len(images))
-            pixels = torch.stack([images.image(i) for i in range(start, stop)])
+        for pixels in batches:
             results.extend(caption_batch(model, pixels, vocab, beam_size, length_penalty, max_len))
     finally:
         model.train(was_training)

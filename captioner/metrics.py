@@ -265,7 +265,7 @@ def ptb_tokenize_java(captions: Sequence[str]) -> list[list[str]]:
         detail = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise JavaError(f"the PTB tokeniser failed (java exit status {done.returncode}"
                         f"{': ' + detail[-1][:200] if detail else ''})")
-    out = done.stdout.decode("utf-8").split("\n")
+    out = done.stdout.decode("utf-8", "replace").split("\n")   # the tokeniser writes UTF-8 whatever the locale
     # The file has no final newline; the tokeniser ends its output with one.
     if len(out) == len(lines) + 1 and out[-1] == "":
         out.pop()
@@ -404,23 +404,36 @@ def meteor(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Se
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
     if not hypotheses:
         return 0.0, []
+    scorer = _start_meteor()
+    try:
+        return _meteor_score(scorer, hypotheses, references)
+    finally:
+        _close_meteor(scorer)
+
+
+def _start_meteor():
+    """The toolkit's wrapper, its Java process started (it loads its paraphrase table on its own,
+    for several seconds, while the caller does other work)."""
     if not java_available():
         raise JavaError("METEOR needs Java, and no `java` executable is on PATH")
-    from pycocoevalcap.meteor.meteor import Meteor
+    try:
+        from pycocoevalcap.meteor.meteor import Meteor
+    except ImportError:
+        raise JavaError("METEOR needs pycocoevalcap (pip install pycocoevalcap)") from None
+    try:
+        return Meteor()
+    except OSError as e:
+        raise JavaError(f"cannot start METEOR's Java process ({e.strerror or e})") from None
 
+
+def _meteor_score(scorer, hypotheses, references) -> tuple[float, list[float]]:
     gts = {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)}
     res = {i: [" ".join(h)] for i, h in enumerate(hypotheses)}
     try:
-        scorer = Meteor()
-    except OSError as e:
-        raise JavaError(f"cannot start METEOR's Java process ({e.strerror or e})") from None
-    try:
         score, scores = scorer.compute_score(gts, res)
-    except (OSError, ValueError) as e:   # the JVM died (broken pipe) or answered nonsense
-        raise JavaError(f"METEOR's Java process failed ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
-                        ) from None
-    finally:
-        _close_meteor(scorer)
+    except (OSError, ValueError) as e:   # the JVM died (broken pipe) or answered something else than numbers
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise JavaError(f"METEOR's Java process failed ({detail})") from None
     return float(score), [float(s) for s in scores]
 
 
@@ -462,11 +475,13 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
 
     `java`: None uses Java when it is on PATH and otherwise falls back, with a warning, to the
     pure-Python tokenisation without METEOR; False forces that fallback; True requires Java
-    (raises JavaError without it). METEOR runs in its own Java process while Python computes
-    the other metrics.
+    (raises JavaError without it). METEOR's Java process starts first and scores in a thread, so
+    its start-up and scoring overlap the tokenisation and the other metrics.
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
+    if not hypotheses:
+        raise ValueError("no images to score")
     if any(len(refs) == 0 for refs in references):
         raise ValueError("an image has no references")
     warnings: list[str] = []
@@ -477,44 +492,38 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
     elif java is False:
         warnings.append("METEOR: omitted (Java not used); BLEU, ROUGE-L and CIDEr use the pure-Python PTB "
                         "tokenisation")
-    hyp_tokens = ref_tokens = None
-    if use_java:
-        flat = list(hypotheses) + [r for refs in references for r in refs]
-        try:
-            tokens = ptb_tokenize_java(flat)
-        except JavaError as e:
-            if java:
-                raise
-            warnings.append(f"METEOR: omitted: {e}; BLEU, ROUGE-L and CIDEr use the pure-Python PTB tokenisation")
-            use_java = False
-        else:
-            hyp_tokens = tokens[:len(hypotheses)]
-            ref_tokens, at = [], len(hypotheses)
-            for refs in references:
-                ref_tokens.append(tokens[at:at + len(refs)])
-                at += len(refs)
-    if not use_java:
-        hyp_tokens = [ptb_tokenize(h) for h in hypotheses]
-        ref_tokens = [[ptb_tokenize(r) for r in refs] for refs in references]
-
-    meteor_result: dict = {}
-    worker = None
-    if use_java:
-        def run_meteor():
-            try:
-                meteor_result["value"] = meteor(hyp_tokens, ref_tokens)
-            except (JavaError, ImportError) as e:
-                meteor_result["error"] = str(e)
-
-        worker = threading.Thread(target=run_meteor, name="meteor", daemon=True)
-        worker.start()
+    scorer, meteor_result, worker = None, {}, None
     try:
+        if use_java:
+            try:
+                scorer = _start_meteor()
+            except JavaError as e:
+                if java:
+                    raise
+                meteor_result["error"] = str(e)
+            hyp_tokens, ref_tokens = _java_tokens(hypotheses, references, required=bool(java), warnings=warnings)
+            if hyp_tokens is None:
+                use_java = False
+        if not use_java:
+            hyp_tokens = [ptb_tokenize(h) for h in hypotheses]
+            ref_tokens = [[ptb_tokenize(r) for r in refs] for refs in references]
+        elif scorer is not None:
+            def run_meteor():
+                try:
+                    meteor_result["value"] = _meteor_score(scorer, hyp_tokens, ref_tokens)
+                except JavaError as e:
+                    meteor_result["error"] = str(e)
+
+            worker = threading.Thread(target=run_meteor, name="meteor", daemon=True)
+            worker.start()
         bleu, bleu_each = bleu_scores(hyp_tokens, ref_tokens)
         rouge_each = [rouge_l(h, refs) for h, refs in zip(hyp_tokens, ref_tokens)]
         cider, cider_each = cider_d(hyp_tokens, ref_tokens)
     finally:
         if worker is not None:
             worker.join()
+        if scorer is not None:
+            _close_meteor(scorer)
 
     overall = {f"Bleu_{k + 1}": b for k, b in enumerate(bleu)}
     per_image = [{f"Bleu_{k + 1}": b for k, b in enumerate(each)} for each in bleu_each]
@@ -522,12 +531,30 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
         overall["METEOR"] = meteor_result["value"][0]
         for row, value in zip(per_image, meteor_result["value"][1]):
             row["METEOR"] = value
-    elif "error" in meteor_result:
+    elif "error" in meteor_result and use_java:
         warnings.append(f"METEOR: omitted: {meteor_result['error']}")
-    overall["ROUGE_L"] = sum(rouge_each) / len(rouge_each) if rouge_each else 0.0
+    overall["ROUGE_L"] = sum(rouge_each) / len(rouge_each)
     overall["CIDEr"] = cider
     for row, r, c in zip(per_image, rouge_each, cider_each):
         row["ROUGE_L"], row["CIDEr"] = r, c
     return CocoScores({k: overall[k] for k in METRICS if k in overall},
                       [{k: row[k] for k in METRICS if k in row} for row in per_image],
                       "java-ptb" if use_java else "python-ptb", warnings)
+
+
+def _java_tokens(hypotheses, references, required: bool, warnings: list[str]):
+    """(hypothesis tokens, reference tokens) from one run of the Java tokeniser, or (None, None)
+    with a warning when it cannot run and Java is not required."""
+    flat = list(hypotheses) + [r for refs in references for r in refs]
+    try:
+        tokens = ptb_tokenize_java(flat)
+    except JavaError as e:
+        if required:
+            raise
+        warnings.append(f"METEOR: omitted: {e}; BLEU, ROUGE-L and CIDEr use the pure-Python PTB tokenisation")
+        return None, None
+    hyp_tokens, ref_tokens, at = tokens[:len(hypotheses)], [], len(hypotheses)
+    for refs in references:
+        ref_tokens.append(tokens[at:at + len(refs)])
+        at += len(refs)
+    return hyp_tokens, ref_tokens

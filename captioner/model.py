@@ -6,6 +6,7 @@ Dimensions:
 
     encode(images (B, 3, H, W))          -> annotations (B, L, D)
     forward(images or annotations, inputs (B, T)) -> logits (B, T, V), alphas (B, T, L), betas (B, T)
+        (return_trace=True adds hard/local attention's per-step `AttentionTrace`, see decoder.py)
     init_state(annotations), step(tokens, state) -> one decoding step (used by beam search)
 
 The loss lives in `losses.py`; decoding lives in `beam.py`.
@@ -32,19 +33,21 @@ class Captioner(nn.Module):
         """ImageNet-normalised images (B, 3, H, W) -> annotation vectors (B, L, D)."""
         return self.encoder(images)
 
-    def forward(self, inputs: torch.Tensor, captions: torch.Tensor, mask: torch.Tensor | None = None):
+    def forward(self, inputs: torch.Tensor, captions: torch.Tensor, mask: torch.Tensor | None = None,
+                hard_mode: str | None = None, return_trace: bool = False):
         """Teacher-forced pass. `inputs` is a batch of images (B, 3, H, W) or of precomputed
         annotations (B, L, D), e.g. from the feature cache; `captions` (B, T) starts with <start>
-        and holds the previous word of each step. The batch is never reordered."""
+        and holds the previous word of each step. The batch is never reordered.
+        `hard_mode`, `return_trace`: see `Decoder.forward` (hard attention's training needs them)."""
         annotations = self.encode(inputs) if inputs.dim() == 4 else inputs
-        return self.decoder(annotations, captions, mask)
+        return self.decoder(annotations, captions, mask, hard_mode=hard_mode, return_trace=return_trace)
 
     def init_state(self, annotations: torch.Tensor) -> DecoderState:
         return self.decoder.init_state(annotations)
 
-    def step(self, tokens: torch.Tensor, state: DecoderState, mask: torch.Tensor | None = None
-             ) -> tuple[StepOutput, DecoderState]:
-        return self.decoder.step(tokens, state, mask)
+    def step(self, tokens: torch.Tensor, state: DecoderState, mask: torch.Tensor | None = None,
+             hard_mode: str | None = None) -> tuple[StepOutput, DecoderState]:
+        return self.decoder.step(tokens, state, mask, hard_mode)
 
     @property
     def grid_size(self) -> int:

@@ -19,20 +19,30 @@ def centre_square(photo):
     return photo.crop((left, top, left + side, top + side))
 
 
-def upsample(alphas: torch.Tensor, grid_size: int, side: int) -> np.ndarray:
-    """(T, L) attention weights -> (T, side, side) smooth maps (bicubic), each scaled to [0, 1]."""
+def upsample(alphas: torch.Tensor, grid_size: int, side: int, shared: bool = False) -> np.ndarray:
+    """(T, L) attention weights -> (T, side, side) smooth maps (bicubic), each scaled to [0, 1].
+
+    `shared`: one scale for all T maps (the largest peak among them is 1), so a diffuse map stays faint
+    instead of being stretched to the same brightness as a sharp one."""
     maps = alphas.float().reshape(-1, 1, grid_size, grid_size)                    # (T, L) -> (T, 1, G, G)
     if maps.shape[0] == 0:
         return np.zeros((0, side, side), dtype=np.float32)
     big = F.interpolate(maps, size=(side, side), mode="bicubic", align_corners=False).squeeze(1)  # (T, S, S)
     big = big.clamp_min(0)
     peak = big.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    if shared:
+        peak = peak.amax().expand_as(peak)
     return (big / peak).numpy()
 
 
 def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns: int = 5, boxes=None,
-                     marks=None, title: str | None = None):
+                     marks=None, title: str | None = None, word_below: bool = False, labels=None,
+                     shared_scale: bool = False):
     """A matplotlib figure: the photo, then one panel per word (word as the panel title).
+
+    `word_below`: write each word under its panel instead (the notebook's layout).
+    `labels`: optional per-word text to show instead of the word itself (e.g. the word with its beta).
+    `shared_scale`: one colour scale for all the words' maps (see `upsample`), not one per map.
 
     `boxes`: optional (x0, y0, x1, y1) boxes in the pixels of the photo's centre square, drawn on every panel.
     `marks`: optional per-word (row, col) grid cells to mark (hard attention's sampled location).
@@ -47,7 +57,7 @@ def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns
     original = square.size[0]
     side = min(448, max(224, original))
     square = square.resize((side, side))
-    maps = upsample(alphas, grid_size, side)
+    maps = upsample(alphas, grid_size, side, shared=shared_scale)
     panels = 1 + len(words)
     cols = min(columns, panels)
     rows = (panels + cols - 1) // cols
@@ -60,7 +70,11 @@ def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns
         ax = axes.flat[i + 1]
         ax.imshow(square)
         ax.imshow(maps[i], cmap="jet", alpha=0.5, extent=(0, side, side, 0), vmin=0, vmax=1)
-        ax.set_title(word, fontsize=11)
+        label = labels[i] if labels is not None else word
+        if word_below:
+            _label_below(ax, label, fontsize=11)
+        else:
+            ax.set_title(label, fontsize=11)
         if boxes:
             _draw_boxes(ax, boxes, side / original)
         if marks is not None and marks[i] is not None:
@@ -69,6 +83,16 @@ def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns
             ax.add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, edgecolor="white", lw=1.5))
     fig.tight_layout()
     return fig
+
+
+def _label_below(ax, text, fontsize=10):
+    """`text` under the panel, as an x label (so tight_layout makes room for it) on a frameless panel."""
+    ax.axis("on")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xlabel(text, fontsize=fontsize, labelpad=3)
 
 
 def _draw_boxes(ax, boxes, scale):
@@ -83,7 +107,11 @@ def render_attention(photo, caption, grid_size: int, path, columns: int = 5, box
     """Write the overlay PNG for one decoded `Caption` to `path`; returns the path."""
     import matplotlib.pyplot as plt
 
-    fig = attention_figure(photo, caption.words, caption.alphas, grid_size, columns, boxes=boxes,
+    # Hard attention: mark the location each word attended (local: the window centre's cell).
+    locations = getattr(caption, "locations", None)
+    marks = None if locations is None else [divmod(int(cell), grid_size) if cell >= 0 else None
+                                            for cell in locations.tolist()]
+    fig = attention_figure(photo, caption.words, caption.alphas, grid_size, columns, boxes=boxes, marks=marks,
                            title=caption.text if len(caption.text) < 40 else None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -15,35 +17,23 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .config import ModelConfig, TrainConfig
-from .data import CaptionPairs, EpochSampler, collate_pairs, load_split
-from .images import normalize
+from .config import DATASET_MODEL_DEFAULTS, ModelConfig, TrainConfig, model_config_for
+from .data import CaptionPairs, EpochSampler, collate_pairs, forget_tokens, load_split, references_tokens
+from .data.batching import LengthGroupedBatches
+from .data.batching import steps_per_epoch as steps_per_epoch_for
+from .data.cache import model_inputs
 from .inference import caption_set, score_captions
-from .losses import caption_loss
+from .losses import caption_loss, hard_attention_loss, update_baseline
 from .model import Captioner
 from .vocab import Vocabulary, tokenize
-
-# Model defaults per data set; the paper's (ModelConfig's own) apply to real photos.
-DATASET_MODEL_DEFAULTS = {
-    "shapes": dict(encoder="vgg_tiny", image_size=64, encoder_dim=128, embed_dim=64, hidden_dim=256,
-                   attention_dim=128, positional="sine", dropout=0.3, max_len=20),
-}
-
 
 class TrainingError(Exception):
     """Training cannot go on; str() is one line saying why."""
 
 
-def model_config_for(dataset: str, vocab_size: int, **overrides) -> ModelConfig:
-    """The model configuration for `dataset`: its defaults, then the user's overrides (None = keep)."""
-    fields = dict(DATASET_MODEL_DEFAULTS.get(dataset, {}))
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    return ModelConfig(vocab_size=vocab_size, **fields)
-
-
 def build_vocab(train_images, min_count: int) -> Vocabulary:
     """From the training split's references only: words seen only in val/test never enter."""
-    return Vocabulary.build((tokenize(r) for refs in train_images.references for r in refs), min_count)
+    return Vocabulary.build((t for refs in references_tokens(train_images) for t in refs), min_count)
 
 
 def load_encoder_weights(model: Captioner, tc: TrainConfig) -> None:
@@ -66,10 +56,11 @@ def load_encoder_weights(model: Captioner, tc: TrainConfig) -> None:
         except ValueError as e:
             raise TrainingError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - no network, bad cache, ...
+            from .encoder import pretrained_hint
+
             raise TrainingError(
                 f"could not get ImageNet weights for {model.config.encoder} ({str(e).splitlines()[0][:160]}); "
-                "on a machine without internet, download torchvision's file elsewhere and pass it with "
-                "--encoder-weights PATH") from None
+                f"{pretrained_hint(model.config.encoder)}") from None
     else:
         return
     try:
@@ -125,27 +116,62 @@ class _LR:
         return tc.lr * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_loss(model, inputs: torch.Tensor, captions: torch.Tensor, pad_id: int, tc: TrainConfig) -> dict:
+def batch_loss(model, inputs: torch.Tensor, captions: torch.Tensor, pad_id: int, tc: TrainConfig,
+               objective_state: dict | None = None) -> dict:
     """The training objective for one batch: `inputs` are normalised images (B, 3, H, W) or cached
-    annotations (B, L, D); `captions` (B, T+1) run <start> .. <end> <pad>..."""
-    logits, alphas, _ = model(inputs, captions[:, :-1])
-    return caption_loss(logits, alphas, captions[:, 1:], pad_id, tc.doubly_stochastic)
+    annotations (B, L, D); `captions` (B, T+1) run <start> .. <end> <pad>...
+
+    Hard attention (sec. 4.1) keeps the moving-average baseline b in `objective_state` (a small
+    plain dict, {"baseline": float | None}, updated in place; `train` saves it in the resumable
+    train_state). Per batch a coin from torch's global RNG decides, with probability
+    tc.expectation_prob, to use the expected context instead of sampled locations."""
+    config = getattr(model, "module", model).config      # DDP wraps the Captioner
+    if config.attention != "hard":
+        logits, alphas, _ = model(inputs, captions[:, :-1])
+        return caption_loss(logits, alphas, captions[:, 1:], pad_id, tc.doubly_stochastic)
+    state = objective_state if objective_state is not None else {}
+    expected = bool(torch.rand(()) < tc.expectation_prob)
+    logits, alphas, _, trace = model(inputs, captions[:, :-1], hard_mode="expected" if expected else "sample",
+                                     return_trace=True)
+    losses = hard_attention_loss(logits, alphas, captions[:, 1:], pad_id, trace.entropies, trace.log_p_locations,
+                                 state.get("baseline"), tc.doubly_stochastic, tc.reinforce_weight,
+                                 tc.entropy_weight)
+    if not expected:  # b estimates E[log p(y | s~, a)] under sampling: only sampled batches move it
+        state["baseline"] = update_baseline(state.get("baseline"), losses["log_likelihood"].item(),
+                                            tc.baseline_decay)
+    losses["baseline"] = torch.tensor(state.get("baseline") or 0.0)
+    return losses
 
 
 def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | torch.device = "cpu",
-          log=print) -> dict:
+          log=print, dist=None) -> dict:
     """Run one training job; returns a summary dict. Writes into `tc.out_dir`:
     `last.pt` (resumable), `best.pt` (best validation BLEU-4), `metrics.jsonl`, `config.json`."""
     device = torch.device(device)
+    from .distributed import DebugRecorder, DistContext
+
+    dist = dist or DistContext()  # torchrun: see distributed.py; only rank 0 writes files and logs
+    if not dist.is_main:
+        log = _quiet
     out = Path(tc.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out}: --out-dir must be a folder, and this is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
     seed_everything(tc.seed)
+    if dist.is_main:
+        _remove_temporaries(out)  # left by a kill during a save; the file they were for is whole
 
     resume_data = None
-    if tc.resume:
-        if not last_path.exists():
-            raise TrainingError(f"{last_path}: nothing to resume (no last.pt in {out})")
+    if not tc.resume and last_path.exists():
+        raise TrainingError(f"{out} already holds a training run (last.pt); continue it with --resume, "
+                            "or choose another --out-dir")
+    if tc.resume and not last_path.exists():
+        log(f"no last.pt in {out} yet: starting a new run")
+    elif tc.resume:
         try:
             resume_data = read_checkpoint(last_path)
         except CheckpointError as e:
@@ -157,10 +183,14 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
         "image_size", 224)
     if resume_data is not None:
         image_size = resume_data["model_config"]["image_size"]
-    train_set = load_split(tc.dataset, "train", image_size=image_size, num_images=tc.train_images, seed=tc.seed,
-                           data_root=tc.data_root, split_file=tc.split_file)
-    val_set = load_split(tc.dataset, "val", image_size=image_size, num_images=tc.val_images, seed=tc.seed,
-                         data_root=tc.data_root, split_file=tc.split_file)
+    real = tc.dataset != "shapes"  # real data: every training image; validate on the first --eval-images
+    data_log = (lambda m: print(m, file=sys.stderr, flush=True)) if dist.is_main else _quiet
+    train_set = load_split(tc.dataset, "train", image_size=image_size, num_images=None if real else tc.train_images,
+                           seed=tc.seed, data_root=tc.data_root, split_file=tc.split_file, strict=tc.strict,
+                           log=data_log)
+    val_set = load_split(tc.dataset, "val", image_size=image_size, num_images=tc.eval_images if real else tc.val_images,
+                         seed=tc.seed, data_root=tc.data_root, split_file=tc.split_file, strict=tc.strict,
+                         log=data_log)
     if len(train_set) == 0:
         raise TrainingError(f"the {tc.dataset} training split has no images")
 
@@ -172,7 +202,11 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
         config = model_config_for(tc.dataset, len(vocab), **(model_overrides or {}))
     model = Captioner(config)
     if resume_data is None:
+        if dist.enabled and tc.pretrained and not dist.is_main:
+            dist.barrier()  # under torchrun rank 0 downloads --pretrained weights into the hub cache first
         load_encoder_weights(model, tc)
+        if dist.enabled and tc.pretrained and dist.is_main:
+            dist.barrier()
     model.to(device)
 
     trainable_encoder = encoder_parameters_to_train(model, tc)
@@ -184,25 +218,49 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
     lr_at = _LR(tc)
 
-    pairs = CaptionPairs(train_set, vocab, config.max_len)
-    steps_per_epoch = max(1, len(pairs) // tc.batch_size)
     step, best, stale, history_tail = 0, -1.0, 0, None
+    objective_state: dict = {}  # hard attention: {"baseline": moving average b}, see batch_loss
     if resume_data is not None:
         ts = resume_data["train_state"]
         model.load_state_dict(resume_data["state_dict"])
         optimizer.load_state_dict(ts["optimizer"])
         step, best, stale, lr_at.scale = ts["step"], ts["best_bleu4"], ts["stale"], ts["lr_scale"]
         _set_rng_state(ts["rng"])
+        objective_state.update(ts.get("objective", {}))  # hard attention's baseline (exact resume)
         log(f"resuming {out} at step {step}")
-    (out / "config.json").write_text(json.dumps({"train": tc.to_dict(), "model": config.to_dict()}, indent=2))
+        _note_changed_settings(ts.get("train_config", {}), tc, log)
+    # metrics.jsonl may run ahead of last.pt (a kill between the two writes): keep each step once.
+    if dist.is_main:
+        _trim_metrics(metrics_path, step)
+        _write_atomic(out / "config.json", json.dumps({"train": tc.to_dict(), "model": config.to_dict()}, indent=2))
+
+    # Feature cache (frozen encoder): built or reused only now that the encoder holds its final weights.
+    train_source, val_source = train_set, val_set
+    if tc.feature_cache:
+        from .data.cache import training_feature_sets
+
+        train_source, val_source = training_feature_sets(model, train_set, val_set, tc, trainable_encoder, device,
+                                                         dist, log)
+    pairs = CaptionPairs(train_source, vocab, config.max_len, tokens=references_tokens(train_set))
+    forget_tokens(train_set)
+    if len(pairs) < tc.batch_size * dist.world_size:
+        raise TrainingError(f"the {tc.dataset} training split has {len(pairs)} captions, fewer than one batch "
+                            f"({tc.batch_size} x {dist.world_size} processes); lower --batch-size")
+    steps_per_epoch = steps_per_epoch_for(len(pairs), tc.batch_size, dist.world_size)
+    train_model = dist.wrap(model, device)  # DistributedDataParallel under torchrun, else the model itself
+    if dist.enabled:  # same initial weights everywhere (DDP broadcast them); dropout noise differs per rank
+        torch.manual_seed(tc.seed + 1_000_003 * dist.rank + step)
+    use_amp = tc.amp and device.type == "cuda"
+    recorder = DebugRecorder(dist, model)
 
     def batches_from(step0: int):
         """Batches in the order an uninterrupted run would see them from step `step0` on."""
         epoch, offset = divmod(step0, steps_per_epoch)
         while True:
-            sampler = EpochSampler(len(pairs), tc.seed, epoch, offset * tc.batch_size)
+            sampler = LengthGroupedBatches(pairs.lengths, tc.batch_size, tc.seed, epoch, offset, tc.group_by_length,
+                                           dist.rank, dist.world_size)
             loader = torch.utils.data.DataLoader(
-                pairs, batch_size=tc.batch_size, sampler=sampler, drop_last=True, num_workers=tc.num_workers,
+                pairs, batch_sampler=sampler, num_workers=tc.num_workers, pin_memory=device.type == "cuda",
                 collate_fn=lambda b: collate_pairs(b, vocab.pad),
                 # A private generator: the loader must not draw from the global RNG (exact resume).
                 generator=torch.Generator().manual_seed(tc.seed))
@@ -210,36 +268,49 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
             epoch, offset = epoch + 1, 0
 
     def save_last():
+        if not dist.is_main:
+            return
         save_checkpoint(last_path, model, vocab, train_state={
             "step": step, "best_bleu4": best, "stale": stale, "lr_scale": lr_at.scale,
-            "optimizer": optimizer.state_dict(), "rng": _rng_state(), "train_config": tc.to_dict()})
+            "optimizer": optimizer.state_dict(), "rng": _rng_state(), "train_config": tc.to_dict(),
+            "objective": dict(objective_state), "running": dict(running)})
 
     def evaluate() -> dict:
-        captions = caption_set(model, val_set, vocab, beam_size=tc.eval_beam_size, batch_size=100)
+        # Each rank decodes every world_size-th image; all ranks get all captions, hence the same scores.
+        captions = caption_set(model, dist.shard(val_source), vocab, beam_size=tc.eval_beam_size, batch_size=100,
+                               num_workers=0 if tc.feature_cache else tc.num_workers)
+        if dist.enabled:
+            captions = dist.unshard(dist.gather(captions), len(val_source))
         return score_captions(captions, val_set, config.grid_size)
 
     interrupted = {"flag": False}
 
-    def on_sigint(signum, frame):  # finish the current step, then save and leave
+    def on_sigint(signum, frame):  # Ctrl-C or SIGTERM: finish the current step, then save and leave
+        if interrupted["flag"]:  # a second one: leave now (last.pt stays whole: writes are atomic)
+            raise KeyboardInterrupt
         interrupted["flag"] = True
 
     previous_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    previous_term = signal.signal(signal.SIGTERM, on_sigint) if _main_thread() else None
     progress = None
-    if tc.progress:
+    if tc.progress and dist.is_main:
         from tqdm import tqdm
 
         progress = tqdm(total=tc.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
     model.train()
-    start_time, running, stop_reason = time.time(), {}, "finished"
+    start_time, stop_reason = time.time(), "finished"
+    running = dict(resume_data["train_state"].get("running", {})) if resume_data is not None else {}
     batches = batches_from(step)
     try:
         while step < tc.steps:
             images, captions = next(batches)
+            recorder.batch(captions)
             images, captions = images.to(device, non_blocking=True), captions.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            losses = batch_loss(model, normalize(images), captions, vocab.pad, tc)
-            if not torch.isfinite(losses["loss"]):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                losses = batch_loss(train_model, model_inputs(images), captions, vocab.pad, tc, objective_state)
+            if dist.any(not torch.isfinite(losses["loss"])):
                 stop_reason = "non-finite loss"
                 raise TrainingError(f"loss became {losses['loss'].item()} at step {step + 1}; stopped. "
                                     f"The last good checkpoint is {last_path if last_path.exists() else 'none'}; "
@@ -247,6 +318,11 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            if not torch.isfinite(grad_norm):  # a step would make the weights NaN: keep them as they are
+                stop_reason = "non-finite gradient"
+                raise TrainingError(f"gradient norm became {float(grad_norm)} at step {step + 1}; stopped. "
+                                    f"The last good checkpoint is {last_path if last_path.exists() else 'none'}; "
+                                    "try a lower --lr or --grad-clip")
             optimizer.step()
             step += 1
             for k in ("loss", "nll", "reg"):
@@ -260,20 +336,22 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
                 scores = evaluate()
                 n = max(1, running.pop("n", 1))
                 record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr_at(step - 1),
-                          **{k: running[k] / n for k in ("loss", "nll", "reg") if k in running},
+                          **dist.mean({k: running[k] / n for k in ("loss", "nll", "reg") if k in running}),
                           "grad_norm": float(grad_norm), "elapsed_s": round(time.time() - start_time, 1),
                           **{f"val_{k}": v for k, v in scores.items()}}
                 running = {}
                 improved = scores["Bleu_4"] > best
                 if improved:
                     best, stale = scores["Bleu_4"], 0
-                    save_checkpoint(best_path, model, vocab, metrics=record)
+                    if dist.is_main:
+                        save_checkpoint(best_path, model, vocab, metrics=record)
                 else:
                     stale += 1
                     if tc.lr_schedule == "plateau":
                         lr_at.scale *= tc.lr_decay
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                if dist.is_main:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
                 history_tail = record
                 save_last()
                 msg = (f"step {step}: loss {record.get('loss', float('nan')):.3f}, "
@@ -284,7 +362,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
                 if tc.patience and stale >= tc.patience:
                     stop_reason = f"early stop: no BLEU-4 gain in {stale} evaluations"
                     break
-            if interrupted["flag"]:
+            if dist.any(interrupted["flag"]):
                 stop_reason = "interrupted"
                 save_last()
                 log(f"interrupted at step {step}; saved {last_path}; continue with --resume")
@@ -294,14 +372,71 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
             progress.close()
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+    recorder.finish(model, step)
     return {"steps": step, "best_bleu4": best, "stop": stop_reason, "last": history_tail,
             "best_checkpoint": str(best_path), "seconds": time.time() - start_time}
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
 
 
 def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Delete `.<name>.*.tmp` files a kill -9 during `atomic_save` or `_write_atomic` left behind."""
+    for tmp in out.glob(".*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step` (the checkpoint's), each once, and drop a torn last line."""
+    if not path.exists():
+        return
+    lines = path.read_text(errors="replace").splitlines()
+    kept, seen = [], set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+            at = int(record["step"])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if at <= step and at not in seen:
+            seen.add(at)
+            kept.append(line)
+    if len(kept) != len(lines):
+        _write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+# Settings that change what a resumed run computes: changing them breaks exact resumption.
+_RESUME_SENSITIVE = ("dataset", "steps", "batch_size", "lr", "lr_schedule", "lr_decay", "weight_decay", "grad_clip",
+                     "doubly_stochastic", "eval_every", "train_images", "seed", "min_count")
+
+
+def _note_changed_settings(saved: dict, tc: TrainConfig, log) -> None:
+    now = tc.to_dict()
+    changed = [f"{k} {saved[k]} -> {now[k]}" for k in _RESUME_SENSITIVE if k in saved and saved[k] != now.get(k)]
+    if changed:
+        log(f"note: resuming with changed settings ({'; '.join(changed)}); the run will not match an "
+            "uninterrupted one")
 
 
 __all__ = ["train", "batch_loss", "TrainingError", "model_config_for", "build_vocab", "DATASET_MODEL_DEFAULTS"]

@@ -7,8 +7,10 @@ decode each image once.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -16,7 +18,7 @@ from ..vocab import Vocabulary, tokenize
 
 # shapes: each split is generated from its own seed, so test images never appear in training.
 SHAPES_SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
-DATASETS = ("shapes",)
+DATASETS = ("shapes", "coco", "flickr8k", "flickr30k")
 
 
 def shapes_seed(split: str, seed: int = 0) -> int:
@@ -24,33 +26,75 @@ def shapes_seed(split: str, seed: int = 0) -> int:
 
 
 def load_split(name: str, split: str, *, image_size: int, num_images: int | None = None, seed: int = 0,
-               data_root: str | None = None, split_file: str | None = None):
-    """The `split` ("train", "val" or "test") of data set `name` as an image set."""
+               data_root: str | None = None, split_file: str | None = None, strict: bool = False, log=None):
+    """The `split` ("train", "val" or "test") of data set `name` as an image set.
+
+    Real data sets (coco, flickr8k, flickr30k) read `data_root`; with `split_file` (a Karpathy split
+    file) the splits come from it. `num_images` keeps the first N images of the split (default all).
+    Images that are missing, unreadable or outside the data root are skipped and reported on one line
+    through `log` (default: stderr); `strict` makes that a `DataError` (a ValueError, one line).
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train, val or test")
     if name == "shapes":
         from .shapes import ShapesSet
 
         return ShapesSet(shapes_seed(split, seed), num_images or 200, image_size)
+    common = dict(image_size=image_size, num_images=num_images, strict=strict, log=log)
+    if name in ("coco", "flickr8k", "flickr30k") and (split_file or name == "flickr30k"):
+        from .karpathy import DEFAULT_SPLIT_FILES, load_karpathy
+
+        if not split_file:
+            from .files import DataError
+
+            default = DEFAULT_SPLIT_FILES[name]
+            if data_root is None or not (Path(data_root) / default).is_file():
+                raise DataError(f"{name} is read through its Karpathy split file: --split-file {default}")
+            split_file = str(Path(data_root) / default)
+        return load_karpathy(split_file, data_root, split, name=name, **common)
+    if name == "coco":
+        from .coco import load_coco
+
+        return load_coco(data_root, split, **common)
+    if name == "flickr8k":
+        from .flickr import load_flickr8k
+
+        return load_flickr8k(data_root, split, **common)
     raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 class CaptionPairs(Dataset):
-    """(image uint8 (3, S, S), caption ids <start> .. <end>) for every reference of every image."""
+    """(image uint8 (3, S, S), caption ids <start> .. <end>) for every reference of every image.
 
-    def __init__(self, images, vocab: Vocabulary, max_len: int):
+    The captions are held in flat numpy arrays, not one Python list per caption: DataLoader workers
+    forked from a process holding 400k small lists slowly copy them all (reference counts dirty the
+    pages), numpy arrays stay shared. `lengths[k]` is caption k's token count, for length grouping.
+    `images` may also be a feature set (see `captioner.data.cache`), whose `image(i)` is a grid of
+    annotation vectors."""
+
+    def __init__(self, images, vocab: Vocabulary, max_len: int, tokens=None):
         self.images = images
-        self.captions: list[list[int]] = []
-        self.image_index: list[int] = []
-        for i, refs in enumerate(images.references):
+        tokens = tokens if tokens is not None else references_tokens(images)
+        encoded, index = [], []
+        for i, refs in enumerate(tokens):
             for ref in refs:
                 # max_len counts decoding steps, <end> included.
-                self.captions.append(vocab.encode(tokenize(ref), max_len - 1))
-                self.image_index.append(i)
+                encoded.append(vocab.encode(ref, max_len - 1))
+                index.append(i)
+        self.lengths = np.array([len(c) for c in encoded], dtype=np.int32)
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        self.tokens = np.fromiter((t for c in encoded for t in c), dtype=np.int32, count=int(self.offsets[-1]))
+        self.image_index = np.array(index, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.captions)
+        return len(self.lengths)
+
+    def caption(self, k: int) -> torch.Tensor:
+        return torch.from_numpy(self.tokens[self.offsets[k]:self.offsets[k + 1]].astype(np.int64))
 
     def __getitem__(self, k: int):
-        return self.images.image(self.image_index[k]), torch.tensor(self.captions[k], dtype=torch.long)
+        return self.images.image(int(self.image_index[k])), self.caption(k)
 
 
 class ImagesOnly(Dataset):
@@ -101,4 +145,19 @@ class EpochSampler(Sampler):
 
 
 def references_tokens(images) -> list[list[Sequence[str]]]:
-    return [[tokenize(r) for r in refs] for refs in images.references]
+    """Every reference of every image, tokenised; computed once per image set and kept on it
+    (tokenising COCO's 414k training captions takes about a minute; vocabulary and pairs share it).
+    `forget_tokens` drops the copy once the training pairs are built."""
+    cached = getattr(images, "_reference_tokens", None)
+    if cached is not None and len(cached) == len(images.references):
+        return cached
+    tokens = [[tokenize(r) for r in refs] for refs in images.references]
+    try:
+        images._reference_tokens = tokens
+    except AttributeError:
+        pass
+    return tokens
+
+
+def forget_tokens(images) -> None:
+    images.__dict__.pop("_reference_tokens", None)

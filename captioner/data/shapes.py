@@ -1,9 +1,9 @@
 """`shapes`: a synthetic captioning set generated from a seed, with ground-truth boxes.
 
 Each image shows 1 to 3 coloured shapes of random size and position on a dark background.
-Its reference captions name every object's colour and shape and the spatial relation between
-consecutive objects ("a red circle above a blue square to the left of a green triangle"),
-one reference per order of the objects. Every object's bounding box is kept, so attention can
+Its reference captions name every object's colour and shape from left to right, with the spatial
+relation between consecutive objects ("a red circle above a blue square to the left of a green
+triangle"), in several wordings ("left of", "over", "there is ..."). Every object's bounding box is kept, so attention can
 be scored: a colour or shape word is *localised* when its attention peak lies in the box of the
 object it names (`attention_localization`).
 
@@ -12,7 +12,6 @@ Image i of seed s is a pure function of (s, i): any image can be regenerated on 
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,18 +61,26 @@ def relation(a: ShapeObject, b: ShapeObject) -> str:
     return RELATIONS["above"] if dy > 0 else RELATIONS["below"]
 
 
+SHORT_RELATIONS = {"to the left of": "left of", "to the right of": "right of", "above": "over", "below": "under"}
+
+
 def describe(objects) -> list[str]:
-    """One caption per order of the objects; consecutive objects are linked by their relation."""
+    """Reference captions. Objects are named from left to right (the generator keeps their centres
+    apart horizontally), consecutive ones linked by their relation; the references differ in wording
+    only. A fixed order matters for attention: with every order allowed, the first colour word
+    would be any object's, and the model would rightly spread its attention over all of them."""
     if len(objects) == 1:
         (o,) = objects
         return [o.phrase, f"there is {o.phrase}", f"a single {o.colour} {o.shape}"]
-    captions = []
-    for order in itertools.permutations(objects):
-        parts = [order[0].phrase]
-        for a, b in zip(order, order[1:]):
-            parts += [relation(a, b), b.phrase]
-        captions.append(" ".join(parts))
-    return captions
+    order = sorted(objects, key=lambda o: o.centre[0])
+    long_form = [order[0].phrase]
+    for a, b in zip(order, order[1:]):
+        long_form += [relation(a, b), b.phrase]
+    long_form = " ".join(long_form)
+    short_form = [order[0].phrase]
+    for a, b in zip(order, order[1:]):
+        short_form += [SHORT_RELATIONS[relation(a, b)], b.phrase]
+    return [long_form, " ".join(short_form), f"there is {long_form}"]
 
 
 def _draw_mask(shape: str, size: int, x: int, y: int, image_size: int) -> np.ndarray:
@@ -93,16 +100,17 @@ def _draw_mask(shape: str, size: int, x: int, y: int, image_size: int) -> np.nda
     return np.asarray(canvas) > 127
 
 
-def _well_separated(boxes, candidate, margin: int, axis_gap: float) -> bool:
-    """No overlap (with a margin), and every pair clearly further apart on one axis than the other,
-    so that its relation word is never a coin toss."""
+def _well_separated(boxes, candidate, margin: int, axis_gap: float, x_gap: float) -> bool:
+    """No overlap (with a margin); every pair clearly further apart on one axis than the other, so
+    that its relation word is never a coin toss; and centres `x_gap` apart horizontally, so that
+    the left-to-right order of the captions is plain to see."""
     cx0, cy0, cx1, cy1 = candidate
     ccx, ccy = (cx0 + cx1) / 2, (cy0 + cy1) / 2
     for x0, y0, x1, y1 in boxes:
         if cx0 <= x1 + margin and x0 <= cx1 + margin and cy0 <= y1 + margin and y0 <= cy1 + margin:
             return False
         dx, dy = abs(ccx - (x0 + x1) / 2), abs(ccy - (y0 + y1) / 2)
-        if abs(dx - dy) < axis_gap:
+        if abs(dx - dy) < axis_gap or dx < x_gap:
             return False
     return True
 
@@ -116,14 +124,17 @@ def make_scene(seed: int, index: int, image_size: int = 64, max_objects: int = 3
     image = np.empty((image_size, image_size, 3), dtype=np.uint8)
     image[:] = BACKGROUND
     objects, boxes = [], []
-    lo, hi = max(4, round(0.18 * image_size)), max(5, round(0.30 * image_size))
+    # Objects span 1/4 to 2/5 of the image side: at 64 px that is 2 to 3 cells of the 8x8 annotation
+    # grid, so "the attention peak lies inside the box" is a fair test of a cell-level map.
+    lo, hi = max(4, round(0.25 * image_size)), max(5, round(0.40 * image_size))
     for k in picked:
         colour, shape = kinds[int(k)]
         for _ in range(200):
             size = int(rng.integers(lo, hi + 1))
             x = int(rng.integers(0, image_size - size + 1))
             y = int(rng.integers(0, image_size - size + 1))
-            if _well_separated(boxes, (x, y, x + size - 1, y + size - 1), margin=2, axis_gap=0.08 * image_size):
+            if _well_separated(boxes, (x, y, x + size - 1, y + size - 1), margin=2, axis_gap=0.08 * image_size,
+                               x_gap=0.15 * image_size):
                 break
         else:  # no room left: keep the objects placed so far
             break
@@ -167,27 +178,38 @@ def attention_localization(captions, objects_per_image, grid_size: int, image_si
     before it); a word in a phrase that matches no object in the image counts as a miss.
     Returns (score, number of words scored).
     """
-    cell = image_size / grid_size
     hits = total = 0
     for caption, objects in zip(captions, objects_per_image):
-        words = caption.words
-        by_kind = {(o.colour, o.shape): o for o in objects}
-        for i, word in enumerate(words):
-            if word in COLOURS:
-                kind = (word, words[i + 1] if i + 1 < len(words) else None)
-            elif word in SHAPES:
-                kind = (words[i - 1] if i > 0 else None, word)
-            else:
-                continue
-            total += 1
-            target = by_kind.get(kind)
-            if target is None:
-                continue
-            peak = int(caption.alphas[i].argmax())
-            row, col = divmod(peak, grid_size)
-            px, py = (col + 0.5) * cell, (row + 0.5) * cell
-            x0, y0, x1, y1 = target.box
-            # The box holds pixel indices; pixel j spans [j, j+1) in continuous coordinates.
-            if x0 <= px <= x1 + 1 and y0 <= py <= y1 + 1:
-                hits += 1
+        for hit in word_localization(caption.words, caption.alphas, objects, grid_size, image_size):
+            if hit is not None:
+                total += 1
+                hits += hit
     return (hits / total if total else 0.0), total
+
+
+def word_localization(words, alphas, objects, grid_size: int, image_size: int) -> list[bool | None]:
+    """Per word of one caption: True/False whether a colour or shape word's attention peak lies in the
+    box of the object it names (False also when no such object exists), None for the other words.
+    `attention_localization` is the mean over the scored words."""
+    cell = image_size / grid_size
+    by_kind = {(o.colour, o.shape): o for o in objects}
+    result: list[bool | None] = []
+    for i, word in enumerate(words):
+        if word in COLOURS:
+            kind = (word, words[i + 1] if i + 1 < len(words) else None)
+        elif word in SHAPES:
+            kind = (words[i - 1] if i > 0 else None, word)
+        else:
+            result.append(None)
+            continue
+        target = by_kind.get(kind)
+        if target is None:
+            result.append(False)
+            continue
+        peak = int(alphas[i].argmax())
+        row, col = divmod(peak, grid_size)
+        px, py = (col + 0.5) * cell, (row + 0.5) * cell
+        x0, y0, x1, y1 = target.box
+        # The box holds pixel indices; pixel j spans [j, j+1) in continuous coordinates.
+        result.append(bool(x0 <= px <= x1 + 1 and y0 <= py <= y1 + 1))
+    return result

@@ -1,0 +1,87 @@
+"""Feature-cache build throughput against the bare VGG forward pass on the same batches.
+
+    nice python bench/cache_speed.py [--encoder vgg16] [--image-size 224] [--images 48] [--batch-size 8]
+                                     [--rounds 3] [--threads 2]
+
+Both measure images per second over the same generated images (shapes scenes rendered at the input
+size, so no file decoding is involved on either side), in the same process, interleaved round by
+round so that other load on the machine hits both alike:
+  * bare:  `encoder(normalize(batch))` under inference mode, for each batch;
+  * cache: `captioner.data.cache.open_or_build` into a fresh folder: fingerprint (a SHA-256 of the
+           encoder's weights and the image list), DataLoader batching, the same forward, float16
+           conversion, `pwrite` to the cache file, fsync, index.
+Random weights (no ImageNet download here): the arithmetic is the same. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from captioner.config import ModelConfig  # noqa: E402
+from captioner.data.cache import open_or_build  # noqa: E402
+from captioner.data.shapes import ShapesSet  # noqa: E402
+from captioner.images import normalize  # noqa: E402
+from captioner.model import Captioner  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--encoder", default="vgg16")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = Captioner(ModelConfig(vocab_size=100, encoder=args.encoder, image_size=args.image_size)).eval()
+    images = ShapesSet(seed=123, num_images=args.images, image_size=args.image_size)
+    batches = [torch.stack([images.image(i) for i in range(s, min(s + args.batch_size, args.images))])
+               for s in range(0, args.images, args.batch_size)]
+
+    def bare() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for batch in batches:
+                model.encoder(normalize(batch))
+        return time.perf_counter() - start
+
+    def cache() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            open_or_build(model, images, tmp, "train", batch_size=args.batch_size, progress=False, log=lambda m: None)
+            return time.perf_counter() - start
+
+    bare()  # warm-up: allocator, oneDNN kernels
+    bare_s, cache_s = [], []
+    for _ in range(args.rounds):
+        bare_s.append(bare())
+        cache_s.append(cache())
+        print(f"round: bare {args.images / bare_s[-1]:.2f} img/s, cache build {args.images / cache_s[-1]:.2f} img/s",
+              file=sys.stderr, flush=True)
+    ratios = [b / c for b, c in zip(bare_s, cache_s)]
+    print(json.dumps({
+        "encoder": args.encoder, "image_size": args.image_size, "images": args.images,
+        "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
+        "bare_img_per_s_median": round(args.images / statistics.median(bare_s), 3),
+        "cache_img_per_s_median": round(args.images / statistics.median(cache_s), 3),
+        "cache_over_bare_per_round": [round(r, 3) for r in ratios],
+        "cache_over_bare_median": round(statistics.median(ratios), 3),
+        "cache_over_bare_total": round(sum(bare_s) / sum(cache_s), 3),
+        "load_average_1min": round(__import__("os").getloadavg()[0], 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()

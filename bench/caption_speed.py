@@ -1,0 +1,128 @@
+"""Captioning throughput with a VGG-16 encoder at 224x224, against the bare VGG-16 forward pass.
+
+    python bench/caption_speed.py [--images 32] [--beam-size 3] [--repeats 5] [--vocab 10000] [--hidden 1024]
+
+End to end = read and decode the JPEG files (640x480, as COCO's photos), resize and centre-crop
+to 224, normalise, VGG-16 encoder, batched beam search, Caption objects: exactly what caption.py
+does for a batch (`captioner.inference.caption_batch`). The bare forward pass is VGG-16's
+convolutional trunk alone on an already-normalised float batch of the same size, under
+`torch.inference_mode`, in the faster of the two memory layouts (NCHW, channels_last). The two are
+timed alternately in one process, so that load from other jobs hits both; the ratio
+t_vgg / t_total is the share of the machine's VGG-16 speed that captioning reaches (target >= 0.85).
+`--rss` also runs the 32-image captioning once in a fresh process and prints its peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import (bench_model, environment, load_jpegs, peak_rss_mib, print_command,  # noqa: E402
+                          threads_from_args, timed, write_jpegs)
+from captioner.beam import beam_search  # noqa: E402
+from captioner.images import normalize  # noqa: E402
+from captioner.inference import caption_batch  # noqa: E402
+
+
+def rss_child(images: int, beam_size: int, vocab_size: int, hidden: int) -> None:
+    """In a fresh process: build the model, caption `images` JPEG files once, print peak RSS."""
+    model, vocab = bench_model(vocab_size, hidden)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_jpegs(Path(tmp), images)
+        before = peak_rss_mib()
+        captions = caption_batch(model, load_jpegs(paths, 224), vocab, beam_size=beam_size)
+    assert len(captions) == images
+    print(f"{before:.0f} {peak_rss_mib():.0f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=32, help="batch size (images captioned together)")
+    parser.add_argument("--beam-size", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--vocab", type=int, default=10000, help="vocabulary size (COCO, min count 5: ~10,000)")
+    parser.add_argument("--hidden", type=int, default=1024, help="LSTM state size (paper: 1800 for COCO)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--rss", action="store_true", help="also measure peak RSS of captioning, in a subprocess")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    threads_from_args(args.threads)
+    if args.rss_child:
+        rss_child(args.images, args.beam_size, args.vocab, args.hidden)
+        return 0
+    print_command()
+    print(environment())
+    model, vocab = bench_model(args.vocab, args.hidden)
+    features = model.encoder.features
+    print(f"model: VGG-16 at 224 (random weights), vocabulary {len(vocab)}, embed 512, hidden {args.hidden}, "
+          f"attention 512 (additive, gated); batch {args.images}, beam {args.beam_size}, "
+          f"max_len {model.config.max_len}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_jpegs(Path(tmp), args.images)
+        pixels = load_jpegs(paths, 224)
+        batch = normalize(pixels)                                             # (B, 3, 224, 224) float
+        batch_cl = batch.contiguous(memory_format=torch.channels_last)
+
+        def bare(x):
+            with torch.inference_mode():
+                return features(x)
+
+        def end_to_end():
+            return caption_batch(model, load_jpegs(paths, 224), vocab, beam_size=args.beam_size)
+
+        captions = end_to_end()                                               # warm-up
+        bare(batch), bare(batch_cl)
+        steps = statistics.mean(len(c.words) + c.finished for c in captions)
+        print(f"decoded steps per image: mean {steps:.1f} of {model.config.max_len} "
+              f"({sum(c.finished for c in captions)}/{len(captions)} captions ended with <end>)")
+
+        rows = {k: [] for k in ("vgg_nchw", "vgg_cl", "total", "read", "encode", "beam")}
+        for _ in range(args.repeats):                                        # interleaved
+            rows["vgg_nchw"].append(timed(lambda: bare(batch)))
+            rows["vgg_cl"].append(timed(lambda: bare(batch_cl)))
+            rows["total"].append(timed(end_to_end))
+            # the parts of end_to_end, for the breakdown
+            rows["read"].append(timed(lambda: load_jpegs(paths, 224)))
+            with torch.inference_mode():
+                annotations = model.encode(normalize(pixels))
+                rows["encode"].append(timed(lambda: model.encode(normalize(pixels))))
+                rows["beam"].append(timed(lambda: beam_search(model, annotations, vocab, beam_size=args.beam_size)))
+
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    best = "vgg_cl" if med["vgg_cl"] <= med["vgg_nchw"] else "vgg_nchw"
+    ratios = [v / t for v, t in zip(rows[best], rows["total"])]
+    n = args.images
+    print(f"bare VGG-16 forward, batch {n}: NCHW median {med['vgg_nchw']:.2f} s, channels_last median "
+          f"{med['vgg_cl']:.2f} s -> t_vgg = {med[best]:.2f} s ({n / med[best]:.2f} images/s)")
+    print(f"end to end (JPEG files -> captions), batch {n}: median {med['total']:.2f} s, min {min(rows['total']):.2f} s "
+          f"-> {n / med['total']:.2f} images/s")
+    print(f"  parts (medians): read+decode+resize {med['read']:.3f} s, encode {med['encode']:.2f} s, "
+          f"beam search {med['beam']:.3f} s ({100 * med['beam'] / med['encode']:.1f}% of encode)")
+    print(f"ratio t_vgg / t_total: median {statistics.median(ratios):.3f} (per repeat "
+          f"{', '.join(f'{r:.3f}' for r in ratios)}); ratio of medians {med[best] / med['total']:.3f}")
+
+    if args.rss:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--images", str(n), "--beam-size",
+               str(args.beam_size), "--vocab", str(args.vocab), "--hidden", str(args.hidden)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        before, after = (float(x) for x in done.stdout.split())
+        print(f"peak RSS captioning {n} JPEG files in a fresh process: {after:.0f} MiB "
+              f"(model built and files written: {before:.0f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

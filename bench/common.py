@@ -1,0 +1,111 @@
+"""Shared pieces of the performance benchmarks (issue 8): the benchmark model, photo-like JPEG
+files, timing, and the lines every script prints (its command, the machine, the load)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from captioner.config import ModelConfig  # noqa: E402
+from captioner.model import Captioner  # noqa: E402
+from captioner.vocab import SPECIALS, Vocabulary  # noqa: E402
+
+
+def print_command() -> None:
+    """The command line that reproduces this script's figures (from the repository root)."""
+    script = os.path.relpath(sys.argv[0], ROOT) if os.path.isabs(sys.argv[0]) else sys.argv[0]
+    print("command: " + " ".join(shlex.quote(a) for a in ["python", script, *sys.argv[1:]]))
+
+
+def environment() -> str:
+    load = os.getloadavg()
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"machine: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} torch "
+            f"threads, python {platform.python_version()}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+            f"at {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def threads_from_args(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def bench_vocab(size: int) -> Vocabulary:
+    """A vocabulary of `size` words (COCO with min count 5 has about 10,000)."""
+    return Vocabulary(list(SPECIALS) + [f"w{i}" for i in range(size - len(SPECIALS))])
+
+
+def bench_config(vocab_size: int = 10000, hidden: int = 1024, encoder: str = "vgg16") -> ModelConfig:
+    """VGG-16 at 224 (14x14x512 annotations) and the paper-sized decoder: embed 512, attention 512,
+    LSTM `hidden` (ModelConfig's default 1024), additive soft attention with the gate, deep output."""
+    return ModelConfig(vocab_size=vocab_size, encoder=encoder, image_size=224, encoder_dim=512, embed_dim=512,
+                       hidden_dim=hidden, attention_dim=512)
+
+
+def bench_model(vocab_size: int = 10000, hidden: int = 1024, seed: int = 0) -> tuple[Captioner, Vocabulary]:
+    """Random weights: speed does not depend on the values (no ImageNet weights are downloaded).
+    With random weights a beam almost never emits <end>, so decoding runs all max_len steps: the
+    worst case for the decoder's share."""
+    torch.manual_seed(seed)
+    model = Captioner(bench_config(vocab_size, hidden)).eval()
+    return model, bench_vocab(vocab_size)
+
+
+def sample_annotations(model: Captioner, batch: int, seed: int = 0) -> torch.Tensor:
+    """Annotation vectors shaped as VGG gives them (B, L, D), non-negative like post-ReLU features."""
+    g = torch.Generator().manual_seed(seed)
+    L = model.config.grid_size ** 2
+    return torch.randn(batch, L, model.config.encoder_dim, generator=g).relu_()
+
+
+def write_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[Path]:
+    """`count` photo-like JPEG files (COCO's typical 640x480; smooth colour fields plus grain, quality 90)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    paths = []
+    for i in range(count):
+        coarse = rng.uniform(0, 255, size=(h // 40 + 2, w // 40 + 2, 3)).astype(np.uint8)
+        base = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.float32)
+        pixels = np.clip(base + rng.normal(0, 12, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        path = Path(folder) / f"photo_{i:03d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def load_jpegs(paths, size: int) -> torch.Tensor:
+    """Files -> uint8 batch (B, 3, size, size), exactly as caption.py reads them."""
+    from captioner.images import load_image, preprocess
+
+    return torch.stack([preprocess(load_image(p), size) for p in paths])
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,174 @@
+"""A benchmark-only reference: beam search the way the popular tutorials write it, against ours.
+
+The well-known PyTorch captioning tutorials caption **one image at a time**: the image's k live
+hypotheses go through the decoder together (k rows, k shrinking as hypotheses finish), and the
+beam's bookkeeping (which hypothesis extends which, which ones finished) is a Python loop over a
+list of hypotheses. `tutorial_beam_search` below is written that way, on our model's own
+`init_state` / `step` (same weights, same arithmetic per row) and with the same search rules as
+`captioner.beam.beam_search` (<pad>/<start> never emitted; a finished hypothesis keeps its score and
+its place among the K best; best = highest log-probability), so the captions must be identical;
+only the batching differs. It is never used by the package.
+
+    nice python bench/tutorial_reference.py [--images 32] [--beam-size 3] [--repeats 3] [--vocab 10000]
+
+prints the decode time of both on the same annotations (VGG-16 at 224: 196 x 512 per image), the
+speed-up, and whether every caption is identical; `--end-to-end` also times the tutorial's
+one-image-at-a-time encoder against our batched one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@dataclasses.dataclass
+class Hypothesis:
+    tokens: list[int]          # emitted tokens (<end> and the <pad>s after it included)
+    score: float               # sum of log-probabilities
+    alphas: list[torch.Tensor]
+    betas: list[float]
+    finished: bool
+    row: int                   # this hypothesis's row in the decoder state of the live hypotheses
+
+
+@torch.inference_mode()
+def tutorial_beam_search(model, annotations: torch.Tensor, vocab, beam_size: int = 3,
+                         max_len: int | None = None) -> list[dict]:
+    """Per image, per step: the live hypotheses of that image only through `model.step`, then a
+    Python loop over the K picks. Returns per image {"words", "log_prob", "alphas", "betas"}."""
+    max_len = max_len or model.config.max_len
+    K, V = beam_size, len(vocab)
+    results = []
+    for b in range(annotations.shape[0]):                       # one image at a time
+        state = model.init_state(annotations[b:b + 1])          # 1 row: the empty hypothesis
+        hyps = [Hypothesis([], 0.0, [], [], False, 0)]
+        for _ in range(max_len):
+            live = [h for h in hyps if not h.finished]
+            if not live:
+                break
+            tokens = torch.tensor([h.tokens[-1] if h.tokens else vocab.start for h in live])
+            out, state = model.step(tokens, state)              # k_live rows
+            log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+            log_probs[:, vocab.pad] = float("-inf")
+            log_probs[:, vocab.start] = float("-inf")
+            rows = []
+            for h in hyps:                                      # the candidates of every hypothesis
+                if h.finished:                                  # may only "emit" <pad>, at no cost
+                    row = torch.full((V,), float("-inf"))
+                    row[vocab.pad] = h.score
+                else:
+                    row = h.score + log_probs[h.row]
+                rows.append(row)
+            top, flat = torch.cat(rows).topk(min(K, len(rows) * V))
+            new_hyps, keep = [], []
+            for score, index in zip(top.tolist(), flat.tolist()):
+                parent, word = hyps[index // V], index % V
+                if parent.finished:
+                    new_hyps.append(dataclasses.replace(parent, tokens=parent.tokens + [vocab.pad], score=score))
+                    continue
+                done = word == vocab.end
+                new_hyps.append(Hypothesis(parent.tokens + [word], score,
+                                           parent.alphas + [out.alphas[parent.row].float()],
+                                           parent.betas + [float(out.beta[parent.row])], done,
+                                           -1 if done else len(keep)))
+                if not done:
+                    keep.append(parent.row)
+            hyps = new_hyps
+            if keep:                                            # the state rows of the new live hypotheses
+                state = state.index_select(torch.tensor(keep))
+        best = max(hyps, key=lambda h: h.score)
+        words = vocab.decode(best.tokens)
+        results.append({"words": words, "log_prob": best.score,
+                        "alphas": (torch.stack(best.alphas[:len(words)]) if words
+                                   else torch.zeros(0, annotations.shape[1])),
+                        "betas": torch.tensor(best.betas[:len(words)])})
+    return results
+
+
+def main(argv=None) -> int:
+    from bench.common import (bench_model, environment, load_jpegs, print_command, sample_annotations,
+                              threads_from_args, timed, write_jpegs)
+    from captioner.beam import beam_search
+    from captioner.inference import caption_batch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--beam-size", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--vocab", type=int, default=10000, help="vocabulary size (COCO, min count 5: ~10,000)")
+    parser.add_argument("--hidden", type=int, default=1024, help="LSTM state size")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="also time JPEG files -> captions: the tutorial encodes one image at a time")
+    args = parser.parse_args(argv)
+    threads_from_args(args.threads)
+    print_command()
+    print(environment())
+    model, vocab = bench_model(args.vocab, args.hidden)
+    annotations = sample_annotations(model, args.images)
+    print(f"model: VGG-16 at 224 (random weights), vocabulary {len(vocab)}, embed 512, hidden {args.hidden}, "
+          f"attention 512; {args.images} images, beam {args.beam_size}, max_len {model.config.max_len}")
+
+    with torch.inference_mode():
+        ours = beam_search(model, annotations, vocab, beam_size=args.beam_size)    # warm-up, and the captions
+        theirs = tutorial_beam_search(model, annotations, vocab, beam_size=args.beam_size)
+    same = sum(o.words == t["words"] for o, t in zip(ours, theirs))
+    worst = max(abs(o.log_prob - t["log_prob"]) for o, t in zip(ours, theirs))
+    steps = statistics.mean(len(o.words) + o.finished for o in ours)
+    print(f"identical captions: {same}/{len(ours)} (largest log-prob difference {worst:.2e}); "
+          f"mean steps decoded {steps:.1f} of {model.config.max_len}")
+
+    t_ours, t_ref = [], []
+    for _ in range(args.repeats):  # interleaved, so that a burst of load from other jobs hits both
+        t_ours.append(timed(lambda: beam_search(model, annotations, vocab, beam_size=args.beam_size)))
+        t_ref.append(timed(lambda: tutorial_beam_search(model, annotations, vocab, beam_size=args.beam_size)))
+    ratios = [r / o for o, r in zip(t_ours, t_ref)]
+    print(f"decode {args.images} images: ours {statistics.median(t_ours):.3f} s (min {min(t_ours):.3f}), "
+          f"tutorial-style {statistics.median(t_ref):.3f} s (min {min(t_ref):.3f}); speed-up median "
+          f"{statistics.median(ratios):.2f}x (per-repeat {', '.join(f'{r:.2f}' for r in ratios)})")
+
+    if args.end_to_end:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = write_jpegs(Path(tmp), args.images)
+
+            def ours_e2e():
+                pixels = load_jpegs(paths, model.config.image_size)
+                return caption_batch(model, pixels, vocab, beam_size=args.beam_size)
+
+            def tutorial_e2e():
+                out = []
+                for path in paths:                     # one image at a time, as the tutorials do
+                    pixels = load_jpegs([path], model.config.image_size)
+                    with torch.inference_mode():
+                        from captioner.images import normalize
+
+                        ann = model.encode(normalize(pixels))
+                    out += tutorial_beam_search(model, ann, vocab, beam_size=args.beam_size)
+                return out
+
+            e_ours, e_ref = [], []
+            for _ in range(max(1, args.repeats - 1)):
+                e_ours.append(timed(ours_e2e))
+                e_ref.append(timed(tutorial_e2e))
+            ratios = [r / o for o, r in zip(e_ours, e_ref)]
+            print(f"end to end (JPEG files -> captions) {args.images} images: ours "
+                  f"{statistics.median(e_ours):.2f} s, tutorial-style {statistics.median(e_ref):.2f} s; "
+                  f"speed-up median {statistics.median(ratios):.2f}x")
+    return 0 if same == len(ours) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
