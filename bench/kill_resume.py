@@ -1,10 +1,13 @@
 """Issue 7 figures for training: `python train.py` killed with SIGKILL at random moments (some of them
 while a checkpoint is being written), resumed each time with --resume, then compared with an
-uninterrupted run; and the same for Ctrl-C (SIGINT).
+uninterrupted run; and the same for Ctrl-C (SIGINT, sent between two checkpoints).
 
     nice .venv/bin/python bench/kill_resume.py [--kills 5] [--seed 2026]
 
-CPU, one thread, a tiny model (12 steps, evaluation and checkpoint every 2). Prints one JSON object:
+CPU, one thread, a tiny model (24 steps, evaluation and checkpoint every 2). A kill comes either
+"during a save" (as soon as a checkpoint's temporary file exists) or "at random": once the run has
+written its first checkpoint, after a delay drawn uniformly from 0 to twice the time between two
+checkpoints, so that it lands anywhere in a step, an evaluation or a write. Prints one JSON object:
 per kill the moment, the exit status, the step of last.pt right after the kill and whether the
 kill left a half-written temporary file; then whether the final run equals the uninterrupted one
 (every tensor of last.pt and best.pt, the optimizer and random state, the metrics log).
@@ -26,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-FLAGS = ["--steps", "12", "--eval-every", "2", "--train-images", "40", "--val-images", "8", "--batch-size", "8",
+FLAGS = ["--steps", "24", "--eval-every", "2", "--train-images", "40", "--val-images", "8", "--batch-size", "8",
          "--image-size", "32", "--encoder-dim", "32", "--hidden-dim", "32", "--embed-dim", "16", "--attention-dim", "16",
          "--no-progress", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -97,6 +100,8 @@ def main() -> None:
         proc.communicate()
         loop = time.monotonic() - start - startup
         assert proc.returncode == 0
+        elapsed = [json.loads(line)["elapsed_s"] for line in (reference / "metrics.jsonl").read_text().splitlines()]
+        between_saves = max(0.05, (elapsed[-1] - elapsed[0]) / max(1, len(elapsed) - 1))
 
         out, kills = tmp / "killed", []
         moments = ["during a save"] * (args.kills // 2) + ["at random"] * (args.kills - args.kills // 2)
@@ -109,7 +114,9 @@ def main() -> None:
                 if moment == "during a save":
                     wait_for(lambda: saving(out), proc)
                 else:
-                    delay = rng.uniform(0.0, 0.5 * loop)
+                    first = (out / "last.pt").stat().st_ino if (out / "last.pt").exists() else None
+                    wait_for(lambda: (out / "last.pt").exists() and (out / "last.pt").stat().st_ino != first, proc)
+                    delay = rng.uniform(0.0, 2 * between_saves)
                     time.sleep(delay)
                 proc.send_signal(signal.SIGKILL)
             proc.communicate()
@@ -128,6 +135,7 @@ def main() -> None:
         interrupted = tmp / "interrupted"
         proc = launch(interrupted)
         wait_for(lambda: (interrupted / "metrics.jsonl").exists() and (interrupted / "metrics.jsonl").read_text(), proc)
+        time.sleep(rng.uniform(0.2, 1.0) * between_saves)  # somewhere between two checkpoints
         proc.send_signal(signal.SIGINT)
         stdout_int, stderr_int = proc.communicate()
         int_step = read_checkpoint(interrupted / "last.pt")["train_state"]["step"]
@@ -137,7 +145,8 @@ def main() -> None:
         report = {
             "machine": "2-core CPU, no GPU, 1 torch thread",
             "run": "train.py " + " ".join(FLAGS),
-            "reference": {"startup_s": round(startup, 1), "training_loop_s": round(loop, 1)},
+            "reference": {"startup_s": round(startup, 1), "training_loop_s": round(loop, 1),
+                          "between_checkpoints_s": round(between_saves, 2)},
             "kill_9": {"kills": kills, "final_exit_status": final.returncode,
                        "tracebacks": stderr.count("Traceback"), **compare(reference, out)},
             "ctrl_c": {"exit_status": proc.returncode, "saved_step": int_step,

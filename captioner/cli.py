@@ -276,7 +276,7 @@ def _caption(args) -> int:
         model, vocab = load_captioner(args.weights, device)
     except (CheckpointError, ValueError) as e:
         return _fail(str(e))
-    torch.set_grad_enabled(False)
+    model.requires_grad_(False)  # decoding only (caption_batch runs under inference mode); global grad mode untouched
     size = model.config.image_size
     failed = 0
     pending: list[tuple[str, object, torch.Tensor]] = []

@@ -171,7 +171,7 @@ class TrainConfig:
 # attention from settling on the object being named.
 DATASET_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "shapes": dict(encoder="vgg_tiny", image_size=64, encoder_dim=64, embed_dim=64, hidden_dim=256,
-                   attention_dim=64, positional="sine", dropout=0.3, max_len=20),
+                   attention_dim=64, positional="sine", dropout=0.5, max_len=20),
 }
 _REAL_DATA_TRAINING: dict[str, Any] = dict(
     steps=100_000, lr=4e-4, doubly_stochastic=1.0, eval_every=2000, eval_images=5000, eval_beam_size=3,

@@ -203,8 +203,12 @@ class Decoder(nn.Module):
         return attended, beta, z, DecoderState(h, c, state.annotations, state.keys)
 
     def output(self, embedded: torch.Tensor, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The deep output layer, eq. (7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t)."""
-        return self.L_o(self.dropout(embedded + self.L_h(h) + self.L_z(z)))
+        """The deep output layer, eq. (7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t).
+
+        Dropout (sec. 5.2) goes where the authors' code puts it: on h_t before L_h, and on the sum
+        before L_o. Dropping h_t keeps the word from resting on the LSTM's memory alone, so the
+        context z_t, and with it the attention, has to carry what the image shows."""
+        return self.L_o(self.dropout(embedded + self.L_h(self.dropout(h)) + self.L_z(z)))
 
     def step(self, tokens: torch.Tensor, state: DecoderState, mask: torch.Tensor | None = None,
              hard_mode: str | None = None):

@@ -27,6 +27,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".we
 FIGURE_DPI = 72          # notebook figures: sharp enough on screen, small in the .ipynb
 PANEL_INCHES = 1.45      # side of one attention panel (at FIGURE_DPI: 104 pixels; shapes pictures have 64)
 COMPARE_INCHES = 1.15    # the same in soft/hard comparisons, which repeat pictures shown before
+LABEL_BAND = 0.3         # inches under each panel for its word
+TITLE_BAND = 0.4         # inches above the panels for the figure's title
 
 
 @dataclass
@@ -201,10 +203,15 @@ def word_hits(example: Example, caption: Caption, grid_size: int) -> list[bool |
     return word_localization(caption.words, caption.alphas, example.objects, grid_size, example.photo.size[0])
 
 
-def localization_text(example: Example, caption: Caption, grid_size: int) -> str:
+def localization_text(example: Example, caption: Caption, grid_size: int, short: bool = False) -> str:
+    """"localisation 3/4 = 0.75" (`short`: "3/4 localised"), or why there is no score."""
     hits = [h for h in word_hits(example, caption, grid_size) if h is not None]
     if not hits:
-        return "no ground truth" if not example.objects else "no colour or shape word"
+        if not example.objects:
+            return "no boxes" if short else "no ground truth"
+        return "no object word" if short else "no colour or shape word"
+    if short:
+        return f"{sum(hits)}/{len(hits)} localised"
     return f"localisation {sum(hits)}/{len(hits)} = {sum(hits) / len(hits):.2f}"
 
 
@@ -293,24 +300,39 @@ def _marks(caption: Caption, grid_size: int):
     return [divmod(int(cell), grid_size) if cell >= 0 else None for cell in locations.tolist()]
 
 
+def _panel_layout(fig, rows: int, cols: int, panel: float, left: float = 0.0, title: str | None = None,
+                  fontsize: int = 11) -> None:
+    """Size the figure for rows x cols square panels of `panel` inches, a LABEL_BAND under each for its
+    word and a TITLE_BAND on top (`left`: extra inches on the left for row labels). Computed, not left to
+    tight_layout, which never settles on fixed-aspect panels."""
+    gap, margin = 0.06, 0.05
+    width = left + cols * panel + (cols - 1) * gap + 2 * margin
+    height = TITLE_BAND + rows * (panel + LABEL_BAND) + margin
+    fig.set_layout_engine("none")
+    fig.set_size_inches(width, height)
+    fig.subplots_adjust(left=(left + margin) / width, right=1 - margin / width, top=1 - TITLE_BAND / height,
+                        bottom=(LABEL_BAND + margin) / height, wspace=gap / panel, hspace=LABEL_BAND / panel)
+    if title is not None:
+        fig.suptitle(title, fontsize=fontsize, y=1 - 0.1 / height, va="top")
+
+
 def word_grid(example: Example, caption: Caption, grid_size: int, columns: int = 9):
     """The photo, then one panel per word: that word's attention map upsampled smoothly over the photo,
     the word under the panel (with a tick or cross on colour and shape words: is the attention peak
     in the named object's box?), ground-truth boxes dashed, hard attention's chosen cell outlined."""
-    from .render import attention_figure
+    from .render import _label_below, attention_figure
 
     plt = _pyplot()
     hits = word_hits(example, caption, grid_size)
     labels = [w + {True: " \u2713", False: " \u2717", None: ""}[h] for w, h in zip(caption.words, hits)]
     fig = attention_figure(example.photo, caption.words, caption.alphas, grid_size, columns=columns,
                            boxes=example.boxes or None, marks=_marks(caption, grid_size), title=example.name,
-                           word_below=True, labels=labels, shared_scale=True)
+                           word_below=True, labels=labels, shared_scale=True, weighted_alpha=True)
+    fig.axes[0].set_title("")
+    _label_below(fig.axes[0], example.name, fontsize=10)           # the picture's name under it, too
     rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
-    fig.set_size_inches(PANEL_INCHES * cols, (PANEL_INCHES + 0.3) * rows + 0.35)  # smaller panels than caption.py
-    fig.suptitle(f"\u201c{caption.text}\u201d   log p = {caption.log_prob:.2f}   "
-                 f"{localization_text(example, caption, grid_size)}", fontsize=11)
-    for _ in range(2):  # after the resize, a second pass settles the room the labels need
-        fig.tight_layout(pad=0.6, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    _panel_layout(fig, rows, cols, PANEL_INCHES, title=f"\u201c{caption.text}\u201d   log p = {caption.log_prob:.2f}"
+                  f"   {localization_text(example, caption, grid_size)}")
     return _finish(fig, plt)
 
 
@@ -352,7 +374,7 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
     """The same picture under several models ({label: Caption}): for each model, the picture and its
     caption's attention map per word, the word under the panel (a long caption wraps onto more rows);
     hard attention's chosen cell is outlined in white."""
-    from .render import _draw_boxes, _label_below, centre_square, upsample
+    from .render import _draw_boxes, _label_below, centre_square, heat_alpha, upsample
 
     plt = _pyplot()
     square = centre_square(example.photo)
@@ -363,10 +385,10 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
     longest = max([len(c.words) for c in captions.values()] + [1])
     cols = 1 + min(per_row, longest)
     blocks = [max(1, (len(c.words) + per_row - 1) // per_row) for c in captions.values()]  # rows per model
-    height = (COMPARE_INCHES + 0.3) * sum(blocks) + 0.35
-    fig, axes = plt.subplots(sum(blocks), cols, squeeze=False, figsize=(COMPARE_INCHES * cols, height))
+    fig, axes = plt.subplots(sum(blocks), cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    _panel_layout(fig, sum(blocks), cols, COMPARE_INCHES, left=0.25, title=example.name, fontsize=10)
     for m, (label, caption) in enumerate(captions.items()):
         top = sum(blocks[:m])
         grid = grid_sizes[label]
@@ -375,12 +397,12 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
         hits = word_hits(example, caption, grid)
         first = axes[top, 0]
         first.imshow(square)
-        first.set_title(label, fontsize=10)
-        _label_below(first, localization_text(example, caption, grid), fontsize=8)
+        _label_below(first, localization_text(example, caption, grid, short=True), fontsize=8)
+        first.set_ylabel(label, fontsize=11, fontweight="bold")
         for i, word in enumerate(caption.words):
             ax = axes[top + i // per_row, 1 + i % per_row]
             ax.imshow(square)
-            ax.imshow(maps[i], cmap="jet", alpha=0.5, extent=(0, side, side, 0), vmin=0, vmax=1)
+            ax.imshow(maps[i], cmap="jet", alpha=heat_alpha(maps[i]), extent=(0, side, side, 0), vmin=0, vmax=1)
             mark = {True: " \u2713", False: " \u2717", None: ""}[hits[i]]
             _label_below(ax, word + mark, fontsize=9)
             if example.boxes:
@@ -389,8 +411,6 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
                 r, c = marks[i]
                 cell = side / grid
                 ax.add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, edgecolor="white", lw=1.5))
-    fig.suptitle(example.name, fontsize=10)
-    fig.tight_layout(pad=0.6, rect=(0, 0, 1, 1 - 0.3 / height))
     return _finish(fig, plt)
 
 
@@ -410,7 +430,7 @@ def compare_models(examples: list[Example], models: dict, beam_size: int = 3) ->
 
 def word_figure(example: Example, caption: Caption, index: int, grid_size: int):
     """One word large: the photo (boxes dashed) and the word's attention map, with its beta."""
-    from .render import _draw_boxes, centre_square, upsample
+    from .render import _draw_boxes, centre_square, heat_alpha, upsample
 
     plt = _pyplot()
     square = centre_square(example.photo)
@@ -426,8 +446,8 @@ def word_figure(example: Example, caption: Caption, index: int, grid_size: int):
     left.set_title(example.name, fontsize=10)
     if caption.words:
         index = max(0, min(index, len(caption.words) - 1))
-        right.imshow(upsample(caption.alphas, grid_size, side, shared=True)[index], cmap="jet", alpha=0.5,
-                     extent=(0, side, side, 0), vmin=0, vmax=1)
+        heat = upsample(caption.alphas, grid_size, side, shared=True)[index]
+        right.imshow(heat, cmap="jet", alpha=heat_alpha(heat), extent=(0, side, side, 0), vmin=0, vmax=1)
         shown = [f"[{w}]" if i == index else w for i, w in enumerate(caption.words)]
         right.set_title(f"word {index + 1}/{len(caption.words)}: \u201c{caption.words[index]}\u201d   "
                         f"beta = {float(caption.betas[index]):.2f}", fontsize=10)

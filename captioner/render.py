@@ -35,14 +35,21 @@ def upsample(alphas: torch.Tensor, grid_size: int, side: int, shared: bool = Fal
     return (big / peak).numpy()
 
 
+def heat_alpha(heat: np.ndarray) -> np.ndarray:
+    """Per-pixel opacity for an attention map in [0, 1]: faint where the weight is low, strong at the peak."""
+    return 0.1 + 0.7 * heat
+
+
 def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns: int = 5, boxes=None,
                      marks=None, title: str | None = None, word_below: bool = False, labels=None,
-                     shared_scale: bool = False):
+                     shared_scale: bool = False, weighted_alpha: bool = False):
     """A matplotlib figure: the photo, then one panel per word (word as the panel title).
 
     `word_below`: write each word under its panel instead (the notebook's layout).
     `labels`: optional per-word text to show instead of the word itself (e.g. the word with its beta).
     `shared_scale`: one colour scale for all the words' maps (see `upsample`), not one per map.
+    `weighted_alpha`: lay the colour over the photo in proportion to the weight (the photo stays visible
+    where the word does not look), instead of a uniform half-transparent layer.
 
     `boxes`: optional (x0, y0, x1, y1) boxes in the pixels of the photo's centre square, drawn on every panel.
     `marks`: optional per-word (row, col) grid cells to mark (hard attention's sampled location).
@@ -69,7 +76,8 @@ def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns
     for i, word in enumerate(words):
         ax = axes.flat[i + 1]
         ax.imshow(square)
-        ax.imshow(maps[i], cmap="jet", alpha=0.5, extent=(0, side, side, 0), vmin=0, vmax=1)
+        ax.imshow(maps[i], cmap="jet", alpha=heat_alpha(maps[i]) if weighted_alpha else 0.5,
+                  extent=(0, side, side, 0), vmin=0, vmax=1)
         label = labels[i] if labels is not None else word
         if word_below:
             _label_below(ax, label, fontsize=11)

@@ -190,13 +190,16 @@ def test_word_grid_puts_each_word_under_its_panel_with_boxes(tiny):
     fig = nb.word_grid(example, caption, model.config.grid_size, columns=4)
     assert plt.get_fignums() == []                       # detached: it shows once, where displayed
     labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
-    assert [label.split(" ")[0] for label in labels] == caption.words
-    assert all(ax.get_title() == "" for ax in fig.axes[1:])
+    assert labels[0] == example.name                               # the picture first, its name under it
+    assert [label.split(" ")[0] for label in labels[1:]] == caption.words
+    assert all(ax.get_title() == "" for ax in fig.axes)
     assert caption.text in fig._suptitle.get_text()
     panels = [ax for ax in fig.axes if ax.images]
     assert len(panels) == 1 + len(caption.words)
     dashed = [p for p in panels[1].patches if p.get_linestyle() == "--"]
     assert len(dashed) == len(example.objects)
+    heat = panels[1].images[1]                                     # over the photo: opacity follows the weight
+    assert heat.get_alpha().shape == heat.get_array().shape
 
 
 def test_shared_scale_keeps_diffuse_maps_faint():
@@ -231,8 +234,9 @@ def test_compare_figure_marks_hard_attention_locations(tiny):
     fig = nb.compare_figure(examples[2], {"soft": soft[2], "hard": hard[2]}, grids, columns=5)
     solid = [p for ax in fig.axes for p in ax.patches if p.get_linestyle() in ("-", "solid")]
     assert len(solid) == len(hard[2].words)               # one outlined cell per hard-attention word
-    labelled = [ax.get_xlabel().split(" ")[0] for ax in fig.axes if ax.images and ax.get_xlabel()
-                and not ax.get_xlabel().startswith(("localisation", "no "))]
+    rows = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert rows == ["soft", "hard"]                                # one block of rows per model, labelled
+    labelled = [ax.get_xlabel().split(" ")[0] for ax in fig.axes if ax.images and not ax.get_ylabel()]
     assert labelled == soft[2].words + hard[2].words
 
 

@@ -1,9 +1,9 @@
 """`shapes`: a synthetic captioning set generated from a seed, with ground-truth boxes.
 
 Each image shows 1 to 3 coloured shapes of random size and position on a dark background.
-Its reference captions name every object's colour and shape from left to right, with the spatial
-relation between consecutive objects ("a red circle above a blue square to the left of a green
-triangle"), in several wordings ("left of", "over", "there is ..."). Every object's bounding box is kept, so attention can
+Its reference captions name every object's colour and shape and the spatial relation between
+consecutive objects ("a red circle above a blue square to the left of a green triangle"),
+one reference per order of the objects. Every object's bounding box is kept, so attention can
 be scored: a colour or shape word is *localised* when its attention peak lies in the box of the
 object it names (`attention_localization`).
 
@@ -12,6 +12,7 @@ Image i of seed s is a pure function of (s, i): any image can be regenerated on 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,26 +62,22 @@ def relation(a: ShapeObject, b: ShapeObject) -> str:
     return RELATIONS["above"] if dy > 0 else RELATIONS["below"]
 
 
-SHORT_RELATIONS = {"to the left of": "left of", "to the right of": "right of", "above": "over", "below": "under"}
-
-
 def describe(objects) -> list[str]:
-    """Reference captions. Objects are named from left to right (the generator keeps their centres
-    apart horizontally), consecutive ones linked by their relation; the references differ in wording
-    only. A fixed order matters for attention: with every order allowed, the first colour word
-    would be any object's, and the model would rightly spread its attention over all of them."""
+    """One caption per order of the objects; consecutive objects are linked by their relation.
+
+    Every order is a reference, so the first object named is the model's choice. That choice
+    must come from looking: with one fixed order the whole caption follows from the LSTM's
+    initial state (the mean annotation vector of a simple scene) and attention goes unused."""
     if len(objects) == 1:
         (o,) = objects
         return [o.phrase, f"there is {o.phrase}", f"a single {o.colour} {o.shape}"]
-    order = sorted(objects, key=lambda o: o.centre[0])
-    long_form = [order[0].phrase]
-    for a, b in zip(order, order[1:]):
-        long_form += [relation(a, b), b.phrase]
-    long_form = " ".join(long_form)
-    short_form = [order[0].phrase]
-    for a, b in zip(order, order[1:]):
-        short_form += [SHORT_RELATIONS[relation(a, b)], b.phrase]
-    return [long_form, " ".join(short_form), f"there is {long_form}"]
+    captions = []
+    for order in itertools.permutations(objects):
+        parts = [order[0].phrase]
+        for a, b in zip(order, order[1:]):
+            parts += [relation(a, b), b.phrase]
+        captions.append(" ".join(parts))
+    return captions
 
 
 def _draw_mask(shape: str, size: int, x: int, y: int, image_size: int) -> np.ndarray:
@@ -100,17 +97,16 @@ def _draw_mask(shape: str, size: int, x: int, y: int, image_size: int) -> np.nda
     return np.asarray(canvas) > 127
 
 
-def _well_separated(boxes, candidate, margin: int, axis_gap: float, x_gap: float) -> bool:
-    """No overlap (with a margin); every pair clearly further apart on one axis than the other, so
-    that its relation word is never a coin toss; and centres `x_gap` apart horizontally, so that
-    the left-to-right order of the captions is plain to see."""
+def _well_separated(boxes, candidate, margin: int, axis_gap: float) -> bool:
+    """No overlap (with a margin), and every pair clearly further apart on one axis than the other,
+    so that its relation word is never a coin toss."""
     cx0, cy0, cx1, cy1 = candidate
     ccx, ccy = (cx0 + cx1) / 2, (cy0 + cy1) / 2
     for x0, y0, x1, y1 in boxes:
         if cx0 <= x1 + margin and x0 <= cx1 + margin and cy0 <= y1 + margin and y0 <= cy1 + margin:
             return False
         dx, dy = abs(ccx - (x0 + x1) / 2), abs(ccy - (y0 + y1) / 2)
-        if abs(dx - dy) < axis_gap or dx < x_gap:
+        if abs(dx - dy) < axis_gap:
             return False
     return True
 
@@ -133,8 +129,7 @@ def make_scene(seed: int, index: int, image_size: int = 64, max_objects: int = 3
             size = int(rng.integers(lo, hi + 1))
             x = int(rng.integers(0, image_size - size + 1))
             y = int(rng.integers(0, image_size - size + 1))
-            if _well_separated(boxes, (x, y, x + size - 1, y + size - 1), margin=2, axis_gap=0.08 * image_size,
-                               x_gap=0.15 * image_size):
+            if _well_separated(boxes, (x, y, x + size - 1, y + size - 1), margin=2, axis_gap=0.08 * image_size):
                 break
         else:  # no room left: keep the objects placed so far
             break
