@@ -1,0 +1,49 @@
+"""Process settings for fast CPU inference; none of them changes a result.
+
+`caption.py` calls `configure_cpu_process()` before it imports torch. Two costs it removes, both
+measured on the 2-core machine of BENCHMARKS.md (issue 8):
+
+* OpenMP threads that spin while they wait. Decoding is hundreds of short operators per batch;
+  by default each of torch's OpenMP threads spins after every one of them, which is harmless on
+  an idle machine but, when other processes share the cores, makes the threads fight for them:
+  the beam search ran about 4x slower with two spinning threads than with one.
+  OMP_WAIT_POLICY=PASSIVE (unless the user set it) makes waiting threads sleep instead. It must
+  be in the environment before torch (and its OpenMP runtime) is loaded.
+* Page faults on big temporaries. glibc serves big allocations (above its mmap threshold, which
+  never exceeds 32 MiB: VGG activations, the beam's attention tensors of B*K x 196 x 512) with a
+  fresh mmap and unmaps them on free, so every step pays the kernel to zero those pages again. With mmap off for the heap and no trimming,
+  freed memory is kept and reused by the next operator. Peak memory stays what the largest step
+  needs (memory is reused, not accumulated); it is only returned to the system at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+M_TRIM_THRESHOLD = -1   # glibc mallopt parameters (malloc.h)
+M_MMAP_MAX = -4
+
+
+def configure_cpu_process() -> dict[str, bool]:
+    """Apply the settings above where they can still take effect; returns what was applied."""
+    applied = {"omp_passive": False, "malloc_reuse": False}
+    if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        applied["omp_passive"] = True
+    applied["malloc_reuse"] = keep_freed_memory()
+    return applied
+
+
+def keep_freed_memory() -> bool:
+    """glibc only (Linux): big blocks from the heap rather than mmap, and no trimming."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another C library: leave its allocator alone
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
