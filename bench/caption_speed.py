@@ -15,28 +15,37 @@ t_vgg / t_total is the share of the machine's VGG-16 speed that captioning reach
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from captioner.runtime import configure_cpu_process  # noqa: E402  (does not load torch)
+
+# What caption.py does before torch loads; --default-runtime measures without it.
+RUNTIME = configure_cpu_process() if __name__ == "__main__" and "--default-runtime" not in sys.argv else {}
+
+import torch  # noqa: E402
+
 from bench.common import (bench_model, environment, load_jpegs, peak_rss_mib, print_command,  # noqa: E402
                           threads_from_args, timed, write_jpegs)
 from captioner.beam import beam_search  # noqa: E402
+from captioner.cpu_inference import use_onednn  # noqa: E402
 from captioner.images import normalize  # noqa: E402
 from captioner.inference import caption_batch  # noqa: E402
 
 
-def rss_child(images: int, beam_size: int, vocab_size: int, hidden: int) -> None:
+def rss_child(images: int, beam_size: int, vocab_size: int, hidden: int, plain_decoder: bool) -> None:
     """In a fresh process: build the model, caption `images` JPEG files once, print peak RSS."""
     model, vocab = bench_model(vocab_size, hidden)
+    if not plain_decoder:
+        use_onednn(model)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(Path(tmp), images)
         before = peak_rss_mib()
@@ -52,17 +61,24 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vocab", type=int, default=10000, help="vocabulary size (COCO, min count 5: ~10,000)")
     parser.add_argument("--hidden", type=int, default=1024, help="LSTM state size (paper: 1800 for COCO)")
+    parser.add_argument("--default-runtime", action="store_true",
+                        help="leave OpenMP's waiting and glibc's allocator as they are (caption.py changes them)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--plain-decoder", action="store_true",
+                        help="decoder on torch's default matrix products (caption.py uses oneDNN: cpu_inference.py)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS of captioning, in a subprocess")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads_from_args(args.threads)
     if args.rss_child:
-        rss_child(args.images, args.beam_size, args.vocab, args.hidden)
+        rss_child(args.images, args.beam_size, args.vocab, args.hidden, args.plain_decoder)
         return 0
     print_command()
-    print(environment())
+    print(environment(RUNTIME))
     model, vocab = bench_model(args.vocab, args.hidden)
+    plain = copy.deepcopy(model)                                              # the same weights, torch's defaults
+    if not args.plain_decoder:
+        print(f"decoder layers on oneDNN (as caption.py): {use_onednn(model)}")
     features = model.encoder.features
     print(f"model: VGG-16 at 224 (random weights), vocabulary {len(vocab)}, embed 512, hidden {args.hidden}, "
           f"attention 512 (additive, gated); batch {args.images}, beam {args.beam_size}, "
@@ -83,11 +99,16 @@ def main(argv=None) -> int:
 
         captions = end_to_end()                                               # warm-up
         bare(batch), bare(batch_cl)
+        with torch.inference_mode():
+            annotations = model.encode(normalize(pixels))
+            same = sum(a.words == b.words for a, b in zip(captions, beam_search(plain, annotations, vocab,
+                                                                                   beam_size=args.beam_size)))
+        print(f"identical captions with torch's default matrix products: {same}/{len(captions)}")
         steps = statistics.mean(len(c.words) + c.finished for c in captions)
         print(f"decoded steps per image: mean {steps:.1f} of {model.config.max_len} "
               f"({sum(c.finished for c in captions)}/{len(captions)} captions ended with <end>)")
 
-        rows = {k: [] for k in ("vgg_nchw", "vgg_cl", "total", "read", "encode", "beam")}
+        rows = {k: [] for k in ("vgg_nchw", "vgg_cl", "total", "read", "encode", "beam", "beam_plain")}
         for _ in range(args.repeats):                                        # interleaved
             rows["vgg_nchw"].append(timed(lambda: bare(batch)))
             rows["vgg_cl"].append(timed(lambda: bare(batch_cl)))
@@ -98,6 +119,8 @@ def main(argv=None) -> int:
                 annotations = model.encode(normalize(pixels))
                 rows["encode"].append(timed(lambda: model.encode(normalize(pixels))))
                 rows["beam"].append(timed(lambda: beam_search(model, annotations, vocab, beam_size=args.beam_size)))
+                rows["beam_plain"].append(timed(lambda: beam_search(plain, annotations, vocab,
+                                                                    beam_size=args.beam_size)))
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     best = "vgg_cl" if med["vgg_cl"] <= med["vgg_nchw"] else "vgg_nchw"
@@ -108,7 +131,8 @@ def main(argv=None) -> int:
     print(f"end to end (JPEG files -> captions), batch {n}: median {med['total']:.2f} s, min {min(rows['total']):.2f} s "
           f"-> {n / med['total']:.2f} images/s")
     print(f"  parts (medians): read+decode+resize {med['read']:.3f} s, encode {med['encode']:.2f} s, "
-          f"beam search {med['beam']:.3f} s ({100 * med['beam'] / med['encode']:.1f}% of encode)")
+          f"beam search {med['beam']:.3f} s ({100 * med['beam'] / med[best]:.1f}% of t_vgg; with torch's default "
+          f"matrix products {med['beam_plain']:.3f} s)")
     print(f"ratio t_vgg / t_total: median {statistics.median(ratios):.3f} (per repeat "
           f"{', '.join(f'{r:.3f}' for r in ratios)}); ratio of medians {med[best] / med['total']:.3f}")
 
@@ -117,6 +141,10 @@ def main(argv=None) -> int:
                str(args.beam_size), "--vocab", str(args.vocab), "--hidden", str(args.hidden)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if args.default_runtime:
+            cmd += ["--default-runtime"]
+        if args.plain_decoder:
+            cmd += ["--plain-decoder"]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         before, after = (float(x) for x in done.stdout.split())
         print(f"peak RSS captioning {n} JPEG files in a fresh process: {after:.0f} MiB "

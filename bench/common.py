@@ -27,7 +27,9 @@ def print_command() -> None:
     print("command: " + " ".join(shlex.quote(a) for a in ["python", script, *sys.argv[1:]]))
 
 
-def environment() -> str:
+def environment(runtime: dict | None = None) -> str:
+    """The machine, torch's threads, the load from other processes, and caption.py's process
+    settings (`captioner.runtime`) as this process has them."""
     load = os.getloadavg()
     cpu = "?"
     try:
@@ -37,7 +39,8 @@ def environment() -> str:
         pass
     return (f"machine: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} torch "
             f"threads, python {platform.python_version()}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
-            f"at {time.strftime('%Y-%m-%d %H:%M')}")
+            f"at {time.strftime('%Y-%m-%d %H:%M')}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+            f"freed memory kept for reuse: {'yes' if (runtime or {}).get('malloc_reuse') else 'no'}")
 
 
 def threads_from_args(threads: int | None) -> None:
@@ -105,7 +108,16 @@ def timed(fn) -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    """Peak resident memory of this process so far: VmHWM, the high-water mark of this program's
+    own address space. (getrusage's ru_maxrss is not used: Linux carries it over from the parent
+    across fork and exec, so a child started by a big process would report the parent's peak.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024                   # kB -> MiB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

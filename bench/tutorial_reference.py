@@ -25,11 +25,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from captioner.runtime import configure_cpu_process  # noqa: E402  (does not load torch)
+
+# What caption.py does before torch loads; --default-runtime measures without it.
+RUNTIME = configure_cpu_process() if __name__ == "__main__" and "--default-runtime" not in sys.argv else {}
+
+import torch  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -108,13 +113,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=10000, help="vocabulary size (COCO, min count 5: ~10,000)")
     parser.add_argument("--hidden", type=int, default=1024, help="LSTM state size")
+    parser.add_argument("--default-runtime", action="store_true",
+                        help="leave OpenMP's waiting and glibc's allocator as they are (caption.py changes them)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--end-to-end", action="store_true",
                         help="also time JPEG files -> captions: the tutorial encodes one image at a time")
     args = parser.parse_args(argv)
     threads_from_args(args.threads)
     print_command()
-    print(environment())
+    print(environment(RUNTIME))
     model, vocab = bench_model(args.vocab, args.hidden)
     annotations = sample_annotations(model, args.images)
     print(f"model: VGG-16 at 224 (random weights), vocabulary {len(vocab)}, embed 512, hidden {args.hidden}, "

@@ -78,6 +78,10 @@ class Encoder(nn.Module):
         self.features = make_layers(layout, batch_norm)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device.type == "cpu":
+            # oneDNN's convolutions are faster channels-last on CPU (VGG-16: about 20%, BENCHMARKS.md),
+            # and the (B, L, D) annotations below then need no copy.
+            images = images.contiguous(memory_format=torch.channels_last)
         maps = self.features(images)                      # (B, D, G, G)
         return maps.flatten(2).transpose(1, 2)            # (B, D, G, G) -> (B, L, D), row-major cells
 

@@ -36,23 +36,13 @@ class EvaluationError(Exception):
 
 
 def _read_json(path: str, what: str):
-    p = Path(path)
-    if not p.exists():
-        raise EvaluationError(f"{path}: no such {what} file")
-    if p.is_dir():
-        raise EvaluationError(f"{path}: is a directory, not a {what} file")
+    """The data sets' JSON reader (one line per failure, naming the file), as an EvaluationError."""
+    from .data.files import DataError, read_json
+
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise EvaluationError(f"{path}: not UTF-8 text, so not a JSON {what} file") from None
-    except OSError as e:
-        raise EvaluationError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
-    if not text.strip():
-        raise EvaluationError(f"{path}: empty file, expected a JSON {what} file")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise EvaluationError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        return read_json(Path(path), f"{what} file")
+    except DataError as e:
+        raise EvaluationError(str(e)) from None
 
 
 def _json_kind(value) -> str:

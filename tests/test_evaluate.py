@@ -169,9 +169,9 @@ def test_module_entry_point_hides_java_by_path_and_prints_json_last(files):
 # ------------------------------------------------------------------------------- bad input
 
 MALFORMED = {
-    "missing results file": (None, "no such results file"),
+    "missing results file": (None, "results file not found"),
     "results not a list": ({"image_id": 1, "caption": "a dog"}, "must be a JSON list"),
-    "results not JSON": ("[{\"image_id\": 1, ", "not valid JSON"),
+    "results not JSON": ("[{\"image_id\": 1, ", "malformed JSON"),
     "empty caption": ([{"image_id": 1, "caption": "   "}], "empty caption"),
     "image not in references": ([{"image_id": 99, "caption": "a dog"}], "image 99 is not in the references"),
     "image as string": ([{"image_id": "1", "caption": "a dog"}], "same JSON type"),
@@ -199,7 +199,7 @@ def test_malformed_results_give_one_clear_line_and_exit_2(case, tmp_path, capsys
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "no such references file"),
+    (None, "references file not found"),
     ([{"image_id": 1, "caption": "a dog"}], "not a COCO captions file"),
     ({"annotations": [{"image_id": 1}]}, "\"image_id\" and \"caption\""),
     ({"annotations": []}, "no reference captions"),
