@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from bench.common import (bench_model, environment, load_jpegs, peak_rss_mib, print_command,  # noqa: E402
                           threads_from_args, timed, write_jpegs)
 from captioner.beam import beam_search  # noqa: E402
-from captioner.cpu_inference import use_onednn  # noqa: E402
+from captioner.cpu_inference import optimize_for_cpu  # noqa: E402
 from captioner.images import normalize  # noqa: E402
 from captioner.inference import caption_batch  # noqa: E402
 
@@ -45,7 +45,7 @@ def rss_child(images: int, beam_size: int, vocab_size: int, hidden: int, plain_d
     """In a fresh process: build the model, caption `images` JPEG files once, print peak RSS."""
     model, vocab = bench_model(vocab_size, hidden)
     if not plain_decoder:
-        use_onednn(model)
+        optimize_for_cpu(model)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(Path(tmp), images)
         before = peak_rss_mib()
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                         help="leave OpenMP's waiting and glibc's allocator as they are (caption.py changes them)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--plain-decoder", action="store_true",
-                        help="decoder on torch's default matrix products (caption.py uses oneDNN: cpu_inference.py)")
+                        help="decoder as torch computes it by default (caption.py applies captioner.cpu_inference)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS of captioning, in a subprocess")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     model, vocab = bench_model(args.vocab, args.hidden)
     plain = copy.deepcopy(model)                                              # the same weights, torch's defaults
     if not args.plain_decoder:
-        print(f"decoder layers on oneDNN (as caption.py): {use_onednn(model)}")
+        print(f"decoder layers optimised for the CPU (as caption.py does): {optimize_for_cpu(model)}")
     features = model.encoder.features
     print(f"model: VGG-16 at 224 (random weights), vocabulary {len(vocab)}, embed 512, hidden {args.hidden}, "
           f"attention 512 (additive, gated); batch {args.images}, beam {args.beam_size}, "

@@ -1,18 +1,23 @@
-"""The decoder's matrix products through oneDNN when decoding on the CPU (caption.py, benchmarks).
+"""Faster decoding on the CPU, for a model that only captions (caption.py, the benchmarks).
 
-PyTorch runs `nn.Linear` and `nn.LSTMCell` on the CPU with MKL's sgemm. On the AMD EPYC machine
-of BENCHMARKS.md that reaches about 60% of the speed oneDNN (which already runs the VGG
-convolutions) gets on the same products: MKL picks a slower code path on non-Intel processors.
-A beam-search step is about half matrix products (LSTM, the vocabulary projection, the attention
-and deep-output layers), so `use_onednn(model)` routes the decoder's linear layers and its LSTM
-cell through oneDNN's linear primitive: the beam search gets about 25% faster.
+`optimize_for_cpu(model)` changes how two things are computed, not what:
 
-The arithmetic is the same (float32 throughout); only the order of the additions inside each
-dot product differs, so values move in the last bits (relative 1e-6) and the captions are the
-same (tests/test_performance_paths.py; bench/caption_speed.py checks it on 32 images). The layers
-keep their parameters, so state_dict, saving and `.to()` are unchanged; whenever autograd is
-recording, or a tensor is not a float32 CPU tensor, a layer runs its usual forward. Without
-oneDNN in this build of torch nothing is changed.
+* The decoder's matrix products (LSTM, vocabulary projection, attention and deep-output layers)
+  run on oneDNN's linear primitive (which already runs the VGG convolutions) instead of MKL's
+  sgemm, which on the AMD EPYC machine of BENCHMARKS.md reaches only about 60-70% of oneDNN's
+  speed on these shapes (MKL is known to choose generic code paths on non-Intel processors).
+* Additive attention's tanh over B x L x attention_dim values per step (the beam search's largest
+  single cost) is computed through sigmoid, tanh(u) = 2 sigmoid(2u) - 1, folded into the energy
+  layer; torch's float tanh is about 6x slower than its sigmoid on this machine.
+
+Together they make the beam search about a third faster (figures in BENCHMARKS.md). The arithmetic stays float32; the
+order of additions inside dot products and the tanh formula differ, so values move in the last
+bits (attention weights and log-probabilities agree to about 1e-6 relative) and the captions are
+the same: tests/test_performance_paths.py checks it, and bench/caption_speed.py and
+bench/tutorial_reference.py check it on every run. The layers keep their parameters, so
+state_dict, saving and `.to()` are unchanged; whenever autograd is recording, or a tensor is not a
+float32 CPU tensor, a layer runs its usual forward. Without oneDNN in this build of torch nothing
+is changed.
 """
 
 from __future__ import annotations
@@ -63,12 +68,30 @@ def _lstm_cell_forward(self: nn.LSTMCell, x: torch.Tensor, hx=None):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def use_onednn(model: nn.Module) -> int:
+def _additive_scores(self, keys: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Additive attention's e_ti = w^T tanh(k_i + W_h h) + b, through the identity
+    tanh(u) = 2 sigmoid(2u) - 1:  e_ti = (2w)^T sigmoid(2(k_i + W_h h)) + (b - sum(w)).
+    torch's float tanh is about 6x slower than its sigmoid on the benchmark machine, and this tanh
+    over B x L x attention_dim values was the beam search's largest single cost. Multiplying by 2 is exact; the values agree with
+    `Attention.scores` to about 1e-6 (the attention weights to a relative 1e-6)."""
+    if _plain(h, self.query_proj.weight) or keys.requires_grad or keys.dtype != torch.float32:
+        return type(self).scores(self, keys, h)
+    u = keys + self.query_proj(h).unsqueeze(1)                                # (B, L, A) + (B, 1, A)
+    u.mul_(2).sigmoid_()                                                      # in place: no more (B, L, A) tensors
+    w = self.energy.weight                                                    # (1, A)
+    bias = -w.sum(dim=1) if self.energy.bias is None else self.energy.bias - w.sum(dim=1)
+    return _linear(u, w * 2, bias).squeeze(-1).unsqueeze(1)                   # (B, L, 1) -> (B, 1, L)
+
+
+def optimize_for_cpu(model: nn.Module) -> int:
     """Route the linear layers and LSTM cells of `model.decoder` (or of `model` itself) through
-    oneDNN on the CPU; returns how many layers now do. The encoder is left alone (its convolutions
-    already run on oneDNN). Calling it twice changes nothing more."""
+    oneDNN on the CPU, and additive attention's tanh through sigmoid; returns how many layers now
+    do. The encoder is left alone (its convolutions already run on oneDNN). Calling it twice
+    changes nothing more."""
     if not onednn_available():
         return 0
+    from .attention import Attention
+
     root = getattr(model, "decoder", model)
     count = 0
     for module in root.modules():
@@ -76,10 +99,12 @@ def use_onednn(model: nn.Module) -> int:
             module.forward = types.MethodType(_linear_forward, module)
         elif type(module) is nn.LSTMCell and module.bias:
             module.forward = types.MethodType(_lstm_cell_forward, module)
+        elif isinstance(module, Attention) and module.score == "additive":
+            module.scores = types.MethodType(_additive_scores, module)
         else:
             continue
         count += 1
     return count
 
 
-__all__ = ["onednn_available", "use_onednn"]
+__all__ = ["onednn_available", "optimize_for_cpu"]
