@@ -1,15 +1,17 @@
 """Captioning throughput with a VGG-16 encoder at 224x224, against the bare VGG-16 forward pass.
 
-    python bench/caption_speed.py [--images 32] [--beam-size 3] [--repeats 5] [--vocab 10000] [--hidden 1024]
+    python bench/caption_speed.py [--images 32] [--beam-size 3] [--repeats 5] [--vocab 10000] [--hidden 1024] [--rss]
 
 End to end = read and decode the JPEG files (640x480, as COCO's photos), resize and centre-crop
 to 224, normalise, VGG-16 encoder, batched beam search, Caption objects: exactly what caption.py
-does for a batch (`captioner.inference.caption_batch`). The bare forward pass is VGG-16's
-convolutional trunk alone on an already-normalised float batch of the same size, under
-`torch.inference_mode`, in the faster of the two memory layouts (NCHW, channels_last). The two are
+does for a batch (`captioner.inference.caption_batch`, with caption.py's process settings from
+`captioner.runtime` and its decoder path from `captioner.cpu_inference`). The bare forward pass is
+VGG-16's convolutional trunk alone on an already-normalised float batch of the same size, under
+`torch.inference_mode`, in the faster of the two memory layouts (NCHW, channels_last). They are
 timed alternately in one process, so that load from other jobs hits both; the ratio
 t_vgg / t_total is the share of the machine's VGG-16 speed that captioning reaches (target >= 0.85).
-`--rss` also runs the 32-image captioning once in a fresh process and prints its peak resident memory.
+The captions must equal those of the decoder as torch computes it by default, or the script fails.
+`--rss` also runs the captioning once in a fresh process and prints its peak resident memory.
 """
 
 from __future__ import annotations
@@ -103,7 +105,9 @@ def main(argv=None) -> int:
             annotations = model.encode(normalize(pixels))
             same = sum(a.words == b.words for a, b in zip(captions, beam_search(plain, annotations, vocab,
                                                                                    beam_size=args.beam_size)))
-        print(f"identical captions with torch's default matrix products: {same}/{len(captions)}")
+        print(f"identical captions with the decoder as torch computes it by default: {same}/{len(captions)}")
+        if same != len(captions):
+            return 1
         steps = statistics.mean(len(c.words) + c.finished for c in captions)
         print(f"decoded steps per image: mean {steps:.1f} of {model.config.max_len} "
               f"({sum(c.finished for c in captions)}/{len(captions)} captions ended with <end>)")
@@ -128,11 +132,12 @@ def main(argv=None) -> int:
     n = args.images
     print(f"bare VGG-16 forward, batch {n}: NCHW median {med['vgg_nchw']:.2f} s, channels_last median "
           f"{med['vgg_cl']:.2f} s -> t_vgg = {med[best]:.2f} s ({n / med[best]:.2f} images/s)")
-    print(f"end to end (JPEG files -> captions), batch {n}: median {med['total']:.2f} s, min {min(rows['total']):.2f} s "
+    print(f"end to end (JPEG files -> captions), batch {n}: median {med['total']:.2f} s, "
+          f"min {min(rows['total']):.2f} s "
           f"-> {n / med['total']:.2f} images/s")
     print(f"  parts (medians): read+decode+resize {med['read']:.3f} s, encode {med['encode']:.2f} s, "
-          f"beam search {med['beam']:.3f} s ({100 * med['beam'] / med[best]:.1f}% of t_vgg; with torch's default "
-          f"matrix products {med['beam_plain']:.3f} s)")
+          f"beam search {med['beam']:.3f} s ({100 * med['beam'] / med[best]:.1f}% of t_vgg; decoder as torch "
+          f"computes it by default {med['beam_plain']:.3f} s)")
     print(f"ratio t_vgg / t_total: median {statistics.median(ratios):.3f} (per repeat "
           f"{', '.join(f'{r:.3f}' for r in ratios)}); ratio of medians {med[best] / med['total']:.3f}")
 

@@ -152,7 +152,8 @@ def main(argv=None) -> int:
             if same != len(ours):
                 return 1
     steps = statistics.mean(len(o.words) + o.finished for o in ours)
-    print(f"mean steps decoded {steps:.1f} of {model.config.max_len} (random weights rarely emit <end>: the worst case)")
+    print(f"mean steps decoded {steps:.1f} of {model.config.max_len} "
+          "(random weights rarely emit <end>: the worst case)")
 
     times = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved, so that a burst of load from other jobs hits all
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
             times[name].append(timed(fn))
     med = {name: statistics.median(v) for name, v in times.items()}
     print(f"decode {args.images} images (annotations given), medians of {args.repeats}: ours {med['ours']:.3f} s, "
-          f"tutorial-style {med['tutorial']:.3f} s, tutorial-style on our CPU layers {med['tutorial_same_layers']:.3f} s")
+          f"tutorial-style {med['tutorial']:.3f} s, tutorial-style on our CPU layers "
+          f"{med['tutorial_same_layers']:.3f} s")
     for name, label in (("tutorial", "speed-up over the tutorial-style decoder"),
                         ("tutorial_same_layers", "of which batching alone (both on our CPU layers)")):
         ratios = [r / o for o, r in zip(times["ours"], times[name])]

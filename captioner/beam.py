@@ -11,6 +11,7 @@ Greedy decoding is beam size 1. A hypothesis stops at <end> or after `max_len` s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -59,10 +60,16 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     device = annotations.device
 
     rows = torch.arange(B, device=device).repeat_interleave(K)                    # (N,) image of each row
-    state = model.init_state(annotations).index_select(rows)
+    # The K beams of an image start from the same state and word, so the first step runs once per
+    # image and its output and new state are copied to the image's K rows.
+    first, state = model.step(torch.full((B,), vocab.start, dtype=torch.long, device=device),
+                              model.init_state(annotations), mask)
+    first = dataclasses.replace(first, **{f.name: getattr(first, f.name).index_select(0, rows)
+                                          for f in dataclasses.fields(first)
+                                          if isinstance(getattr(first, f.name), torch.Tensor)})
+    state = state.index_select(rows)
     if mask is not None:
         mask = mask.index_select(0, rows)
-    tokens = torch.full((B * K,), vocab.start, dtype=torch.long, device=device)
 
     # Only beam 0 is alive at first, so the first step does not pick K copies of one word.
     scores = torch.full((B, K), float("-inf"), device=device)
@@ -78,8 +85,8 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     frozen[vocab.pad] = 0.0
     image_offset = (torch.arange(B, device=device) * K).unsqueeze(1)              # (B, 1)
 
-    for _ in range(max_len):
-        out, state = model.step(tokens, state, mask)
+    for step in range(max_len):
+        out, state = (first, state) if step == 0 else model.step(tokens, state, mask)
         log_probs = torch.log_softmax(out.logits.float(), dim=-1)                 # (N, V)
         log_probs[:, vocab.pad] = float("-inf")                                   # never generated
         log_probs[:, vocab.start] = float("-inf")

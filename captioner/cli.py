@@ -54,6 +54,8 @@ TRAIN_HELP = {
     "entropy_weight": "hard attention: weight of the entropy bonus on the attention distribution",
     "expectation_prob": "hard attention: probability per batch of using the expected (soft) context",
     "reinforce_weight": "hard attention: lambda_r, weight of the REINFORCE term of eq. (12)",
+    "expectation_warmup": "hard attention: number of first batches that all use the expected context "
+                          "(soft attention) before the per-batch coin and sampling start",
     "resume": "continue the run in --out-dir from its last.pt (a new run if it has none yet); without it, an "
               "--out-dir that already holds a run is refused rather than overwritten",
     "log_every": "steps between progress-bar loss updates",

@@ -128,6 +128,7 @@ class TrainConfig:
     entropy_weight: float = 0.01
     expectation_prob: float = 0.5
     reinforce_weight: float = 1.0   # lambda_r of eq. (12)
+    expectation_warmup: int = 0     # first batches that all use the expected context, before sampling starts
     # misc
     resume: bool = False
     log_every: int = 50
@@ -157,6 +158,8 @@ class TrainConfig:
             raise ValueError(f"expectation_prob must be in [0, 1], got {self.expectation_prob}")
         if not 0.0 <= self.baseline_decay < 1.0:
             raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
+        if self.expectation_warmup < 0:
+            raise ValueError(f"expectation_warmup must be zero or more, got {self.expectation_warmup}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

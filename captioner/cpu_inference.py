@@ -68,19 +68,32 @@ def _lstm_cell_forward(self: nn.LSTMCell, x: torch.Tensor, hx=None):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+# Rows of the (B, L, A) attention temporary handled at once: about this many bytes, so that the
+# sum, the sigmoid and the energy product of a chunk stay in cache instead of streaming B*L*A
+# floats through memory three times per step.
+CHUNK_BYTES = 4 << 20
+
+
 def _additive_scores(self, keys: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Additive attention's e_ti = w^T tanh(k_i + W_h h) + b, through the identity
     tanh(u) = 2 sigmoid(2u) - 1:  e_ti = (2w)^T sigmoid(2(k_i + W_h h)) + (b - sum(w)).
-    torch's float tanh is about 6x slower than its sigmoid on the benchmark machine, and this tanh
-    over B x L x attention_dim values was the beam search's largest single cost. Multiplying by 2 is exact; the values agree with
-    `Attention.scores` to about 1e-6 (the attention weights to a relative 1e-6)."""
-    if _plain(h, self.query_proj.weight) or keys.requires_grad or keys.dtype != torch.float32:
+    torch's float tanh is about 6x slower than its sigmoid on the benchmark machine, and this
+    tanh over B x L x attention_dim values was the beam search's largest single cost. Multiplying
+    by 2 is exact; the scores agree with `Attention.scores` to about 1e-6."""
+    if _plain(h, self.query_proj.weight) or keys.requires_grad or keys.dtype != torch.float32 or keys.dim() != 3:
         return type(self).scores(self, keys, h)
-    u = keys + self.query_proj(h).unsqueeze(1)                                # (B, L, A) + (B, 1, A)
-    u.mul_(2).sigmoid_()                                                      # in place: no more (B, L, A) tensors
+    B, L, A = keys.shape
+    query = self.query_proj(h).unsqueeze(1)                                   # (B, 1, A)
     w = self.energy.weight                                                    # (1, A)
+    w2 = w * 2
     bias = -w.sum(dim=1) if self.energy.bias is None else self.energy.bias - w.sum(dim=1)
-    return _linear(u, w * 2, bias).squeeze(-1).unsqueeze(1)                   # (B, L, 1) -> (B, 1, L)
+    scores = keys.new_empty(B, L)
+    rows = max(1, CHUNK_BYTES // max(1, L * A * keys.element_size()))
+    for start in range(0, B, rows):
+        u = keys[start:start + rows] + query[start:start + rows]              # (b, L, A) + (b, 1, A)
+        u.mul_(2).sigmoid_()                                                  # in place
+        scores[start:start + rows] = _linear(u, w2, bias).view(-1, L)         # (b, L, 1) -> (b, L)
+    return scores.unsqueeze(1)                                                # (B, L) -> (B, 1, L)
 
 
 def optimize_for_cpu(model: nn.Module) -> int:

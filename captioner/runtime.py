@@ -10,10 +10,11 @@
   OMP_WAIT_POLICY=PASSIVE (unless the user set it) makes waiting threads sleep instead. It must
   be in the environment before torch (and its OpenMP runtime) is loaded.
 * Page faults on big temporaries. glibc serves big allocations (above its mmap threshold, which
-  never exceeds 32 MiB: VGG activations, the beam's attention tensors of B*K x 196 x 512) with a
-  fresh mmap and unmaps them on free, so every step pays the kernel to zero those pages again. With mmap off for the heap and no trimming,
-  freed memory is kept and reused by the next operator. Peak memory stays what the largest step
-  needs (memory is reused, not accumulated); it is only returned to the system at exit.
+  never exceeds 32 MiB: VGG activations, the beam's B*K x 196 x 512 attention tensors) with a
+  fresh mmap and unmaps them on free, so every step pays the kernel to zero those pages again.
+  With mmap off and no trimming, freed memory is kept and reused by the next operator. Peak
+  memory stays what the largest step needs (memory is reused, not accumulated); it is returned
+  to the system at exit.
 * Tearing torch down at exit: about 0.5 s of the interpreter's shutdown (garbage-collecting
   torch's modules, its libraries' destructors) after the last caption is printed. Once the
   command's output is flushed and its files closed there is nothing left to clean up.

@@ -121,16 +121,19 @@ def batch_loss(model, inputs: torch.Tensor, captions: torch.Tensor, pad_id: int,
     """The training objective for one batch: `inputs` are normalised images (B, 3, H, W) or cached
     annotations (B, L, D); `captions` (B, T+1) run <start> .. <end> <pad>...
 
-    Hard attention (sec. 4.1) keeps the moving-average baseline b in `objective_state` (a small
-    plain dict, {"baseline": float | None}, updated in place; `train` saves it in the resumable
-    train_state). Per batch a coin from torch's global RNG decides, with probability
-    tc.expectation_prob, to use the expected context instead of sampled locations."""
+    Hard attention (sec. 4.1) keeps the moving-average baseline b and a batch count in
+    `objective_state` (a small plain dict, {"baseline": float | None, "batches": int}, updated in
+    place; `train` saves it in the resumable train_state). Per batch a coin from torch's global RNG
+    decides, with probability tc.expectation_prob, to use the expected context instead of sampled
+    locations; during the first tc.expectation_warmup batches every batch uses it."""
     config = getattr(model, "module", model).config      # DDP wraps the Captioner
     if config.attention != "hard":
         logits, alphas, _ = model(inputs, captions[:, :-1])
         return caption_loss(logits, alphas, captions[:, 1:], pad_id, tc.doubly_stochastic)
     state = objective_state if objective_state is not None else {}
     expected = bool(torch.rand(()) < tc.expectation_prob)
+    state["batches"] = state.get("batches", 0) + 1
+    expected = expected or state["batches"] <= tc.expectation_warmup
     logits, alphas, _, trace = model(inputs, captions[:, :-1], hard_mode="expected" if expected else "sample",
                                      return_trace=True)
     losses = hard_attention_loss(logits, alphas, captions[:, 1:], pad_id, trace.entropies, trace.log_p_locations,

@@ -92,6 +92,19 @@ def test_baseline_moves_as_a_moving_average_of_sampled_log_likelihoods(make_mode
     assert update_baseline(None, -3.0) == -3.0 and update_baseline(-3.0, -1.0, 0.5) == -2.0
 
 
+def test_expectation_warmup_defers_sampling(make_model, words_vocab):
+    model = make_model(attention="hard").train()
+    images = torch.randn(2, 3, 32, 32)
+    captions = captions_for(2, len(words_vocab))
+    tc = TrainConfig(expectation_prob=0.0, expectation_warmup=2)
+    state: dict = {}
+    for _ in range(2):
+        batch_loss(model, images, captions, 0, tc, state)
+        assert state.get("baseline") is None                # expected context: nothing sampled yet
+    batch_loss(model, images, captions, 0, tc, state)
+    assert state["batches"] == 3 and isinstance(state["baseline"], float)
+
+
 def test_expectation_branch_gives_the_soft_decoders_output(make_model, words_vocab):
     hard = make_model(seed=2, attention="hard", hard_test="expected")
     soft = make_model(seed=5, attention="soft")
