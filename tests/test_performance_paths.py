@@ -177,3 +177,69 @@ print(applied["omp_passive"], os.environ.get("OMP_WAIT_POLICY"))
     assert result.stdout.split() == ["True", "PASSIVE"]
     result = run_python(code, env={"OMP_WAIT_POLICY": "ACTIVE"})
     assert result.stdout.split() == ["False", "ACTIVE"]
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
+def test_per_batch_keys_are_reused_only_for_the_same_unchanged_tensor_and_not_kept_alive():
+    import gc
+    import weakref
+
+    from captioner.attention import Attention
+    from captioner.cpu_inference import _PER_BATCH
+
+    torch.manual_seed(0)
+    plain = Attention("additive", 16, 24, 8).eval()
+    fast = copy.deepcopy(plain)
+    optimize_for_cpu(fast)
+    h = torch.randn(6, 24)
+    with torch.no_grad():
+        keys = plain.keys(torch.randn(6, 7, 16))
+        assert torch.allclose(fast.scores(keys, h), plain.scores(keys, h), atol=1e-6)
+        doubled = fast.__dict__[_PER_BATCH]["doubled_keys"][2][1]
+        fast.scores(keys, h)
+        assert fast.__dict__[_PER_BATCH]["doubled_keys"][2][1] is doubled  # same keys: derived once
+        keys.mul_(-1)                                                   # written in place: derived again
+        assert torch.allclose(fast.scores(keys, h), plain.scores(keys, h), atol=1e-6)
+        other = plain.keys(torch.randn(6, 7, 16))                       # other keys: their own entry
+        assert torch.allclose(fast.scores(other, h), plain.scores(other, h), atol=1e-6)
+    with torch.inference_mode():
+        inference_keys = plain.keys(torch.randn(6, 7, 16))
+        assert torch.allclose(fast.scores(inference_keys, h), plain.scores(inference_keys, h), atol=1e-6)
+    assert not copy.deepcopy(fast).__dict__[_PER_BATCH]                 # a copy starts with none
+    derived = weakref.ref(fast.__dict__[_PER_BATCH]["doubled_keys"][2][1])
+    del keys, other, inference_keys, doubled
+    gc.collect()
+    assert "doubled_keys" not in fast.__dict__[_PER_BATCH] and derived() is None  # batch gone: so is the copy
+    assert set(fast.state_dict()) == set(plain.state_dict())
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
+@pytest.mark.parametrize("rows", ["beams", "equal_first_images", "distinct", "almost_beams"])
+def test_attention_reads_each_image_once_only_where_the_rows_are_copies(rows):
+    from captioner.attention import Attention
+    from captioner.cpu_inference import _PER_BATCH
+
+    torch.manual_seed(1)
+    plain = Attention("additive", 16, 24, 8).eval()
+    fast = copy.deepcopy(plain)
+    optimize_for_cpu(fast)
+    images = torch.randn(4, 7, 16).relu_()
+    if rows == "equal_first_images":
+        images[1] = images[0]                                           # the same photo twice in a batch
+    index = torch.arange(4).repeat_interleave(3)                        # beam size 3, as beam_search builds it
+    annotations = images.index_select(0, index)
+    if rows == "distinct":
+        annotations = torch.randn(12, 7, 16).relu_()
+    if rows == "almost_beams":
+        annotations[10, 3, 5] += 1e-3                                   # one value differs: no sharing
+    expected_k = {"beams": 3, "equal_first_images": 3, "distinct": 1, "almost_beams": 1}[rows]
+    h = torch.randn(12, 24)
+    with torch.inference_mode():
+        keys = plain.keys(annotations)
+        weights = plain.distributions(keys, h)
+        got_weights = fast.distributions(keys, h)
+        assert torch.allclose(got_weights, weights, atol=1e-6)
+        assert torch.allclose(fast.read(weights, keys, annotations), plain.read(weights, keys, annotations),
+                              atol=1e-6)
+        assert fast.__dict__[_PER_BATCH]["doubled_keys"][2][0] == expected_k
+        assert fast.__dict__[_PER_BATCH]["annotations"][2][0] == expected_k
