@@ -95,16 +95,25 @@ def write_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 480), se
 
 
 def load_jpegs(paths, size: int) -> torch.Tensor:
-    """Files -> uint8 batch (B, 3, size, size), exactly as caption.py reads them."""
-    from captioner.images import load_image, preprocess
+    """Files -> uint8 batch (B, 3, size, size), exactly as caption.py reads them: through
+    `captioner.images.read_images`, its threads and read-ahead."""
+    from captioner.images import read_images
 
-    return torch.stack([preprocess(load_image(p), size) for p in paths])
+    return torch.stack([reading.result()[1] for _, reading in read_images(paths, size, ahead=len(paths))])
 
 
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def timed_both(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads). With other jobs on the machine the
+    CPU time is the steadier measure of the work done: it does not count time spent waiting for a core."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def peak_rss_mib() -> float:

@@ -4,6 +4,7 @@ frozen configuration dataclasses; the model never sees the argparse namespace.""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -270,7 +271,7 @@ def _caption(args) -> int:
     import torch
 
     from .checkpoint import CheckpointError, load_captioner
-    from .images import ImageError, load_image, preprocess
+    from .images import ImageError, read_images
     from .inference import caption_batch
 
     try:
@@ -311,19 +312,25 @@ def _caption(args) -> int:
                     failed += 1
         pending.clear()
 
-    for path in args.images:
-        try:
-            photo = load_image(path)
-            pending.append((path, photo, preprocess(photo, size)))
-        except ImageError as e:
-            print(f"{_shown(path)}: {e}", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        except (MemoryError, ValueError, OSError) as e:  # resizing a readable but odd picture
-            print(f"{_shown(path)}: cannot prepare the image ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        if len(pending) >= args.batch_size:
-            flush()
+    # Files are read a batch ahead in a few threads (images.read_images), so the next batch is being
+    # decoded while this one is encoded; results and messages still come in the order given. The
+    # picture itself is only kept for --attention's overlay.
+    with contextlib.closing(read_images(args.images, size, keep_photos=args.attention is not None,
+                                        ahead=args.batch_size)) as reads:
+        for path, reading in reads:
+            try:
+                photo, pixels = reading.result()
+            except ImageError as e:
+                print(f"{_shown(path)}: {e}", file=sys.stderr, flush=True)
+                failed += 1
+                continue
+            except (MemoryError, ValueError, OSError) as e:  # resizing a readable but odd picture
+                print(f"{_shown(path)}: cannot prepare the image ({type(e).__name__}: {e})", file=sys.stderr,
+                      flush=True)
+                failed += 1
+                continue
+            pending.append((path, photo, pixels))
+            if len(pending) >= args.batch_size:
+                flush()
     flush()
     return 1 if failed else 0

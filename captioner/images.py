@@ -1,14 +1,20 @@
 """Reading images from disk and turning them into model input.
 
 Every image a user gives (caption.py, notebook helpers, data sets) goes through `load_image`,
-which either returns an RGB picture or raises `ImageError` with a one-line reason.
+which either returns an RGB picture or raises `ImageError` with a one-line reason. `read_images`
+reads many files that way in a few threads, in order and a bounded number ahead (caption.py).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import stat
+import threading
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -55,9 +61,7 @@ def load_image(path) -> "Image.Image":
     if info.st_size == 0:
         raise ImageError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not the user's concern, never on stderr
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _quiet_warnings():
             with Image.open(path, formats=_formats()) as im:
                 _check_size(im.size)  # from the header alone, before any pixel is decoded
                 im.seek(0)  # first frame of an animation
@@ -83,6 +87,41 @@ def load_image(path) -> "Image.Image":
         raise ImageError(f"cannot decode image ({text})") from None
     except Exception as e:  # noqa: BLE001 - a malformed file may make a decoder raise anything
         raise ImageError(f"cannot decode image ({type(e).__name__}: {_first_line(e)})") from None
+
+
+# `warnings.catch_warnings` swaps the process's one filter list in and out, so two threads inside it
+# at once can restore each other's filters: a warning could then reach stderr mid-read, or the
+# quiet filters could outlive the reads. Threads reading images share one quiet section instead:
+# the first to enter sets the filters, the last to leave restores them. (The filters are the
+# process's, so while reads run a warning from another thread is muted as well.)
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: warnings.catch_warnings | None = None
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    """No warning on stderr (e.g. "Corrupt EXIF data": not the user's concern), and PIL's
+    decompression-bomb warning raised as an error, while any thread is reading an image."""
+    global _quiet_depth, _quiet_saved
+    from PIL import Image
+
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            saved = warnings.catch_warnings()
+            saved.__enter__()
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            _quiet_saved = saved
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                saved, _quiet_saved = _quiet_saved, None
+                saved.__exit__(None, None, None)
 
 
 def _formats() -> tuple[str, ...]:
@@ -176,7 +215,9 @@ def preprocess(image, size: int) -> torch.Tensor:
     left, top = (w - side) // 2, (h - side) // 2
     image = image.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
     array = np.asarray(image, dtype=np.uint8)                                  # (H, W, 3)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()        # (H, W, 3) -> (3, H, W)
+    # The layout change is numpy's copy, not a torch operator: `read_images` runs this in its
+    # threads, and a torch operator there could start an OpenMP thread team per reading thread.
+    return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))    # (H, W, 3) -> (3, H, W)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -184,3 +225,70 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
+
+
+# Threads that read images for `read_images`. PIL lets go of the GIL while it decodes and resizes,
+# so reads run in parallel; more threads than cores would only take turns with the model's own.
+READ_THREADS = 4
+
+
+def read_images(paths: Iterable, size: int, keep_photos: bool = False, ahead: int = 32,
+                threads: int | None = None) -> Iterator[tuple[object, Future]]:
+    """Read image files with `load_image` + `preprocess` in a few threads, while the caller works
+    on what was read before (caption.py encodes one batch while the next is read).
+
+    Yields (path, future) in the order of `paths`; `future.result()` gives (photo, pixels) (photo
+    the RGB picture when `keep_photos`, else None; pixels the uint8 (3, size, size) tensor), or
+    raises what reading that file in the calling thread would have raised (`ImageError` for a file
+    that cannot be used), so a caller reports a bad file exactly as if it had read it itself. At
+    most `ahead` files are read beyond the one being handed out, however many paths there are.
+    `threads` defaults to READ_THREADS, at most one per core. With a single path or a single
+    thread, or if no thread can be started, files are read in the calling thread when their turn
+    comes. Closing the generator early (the caller stops, Ctrl-C) cancels the reads not yet
+    started, a handed-out future among them then raising CancelledError; run to the end, it
+    leaves every future to complete."""
+    paths = list(paths)
+    threads = min(READ_THREADS, os.cpu_count() or 1) if threads is None else threads
+    threads = min(threads, len(paths))
+    ahead = max(1, ahead)
+
+    def read(path):
+        photo = load_image(path)
+        pixels = preprocess(photo, size)
+        return (photo if keep_photos else None), pixels
+
+    def read_here(path) -> Future:
+        future = Future()
+        try:
+            future.set_result(read(path))
+        except Exception as e:  # noqa: BLE001 - handed to the caller through result(), as a pool would
+            future.set_exception(e)
+        return future
+
+    if threads <= 1:
+        for path in paths:
+            yield path, read_here(path)
+        return
+    _formats()  # registers PIL's format plugins once, here, rather than in several threads at once
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read_images")
+    in_flight: collections.deque[tuple[object, Future | None]] = collections.deque()
+    finished = False
+    try:
+        upcoming = iter(paths)
+        for path in upcoming:
+            try:
+                in_flight.append((path, pool.submit(read, path)))
+            except RuntimeError:  # no thread could be started: read the rest here, in turn
+                in_flight.append((path, None))
+                in_flight.extend((p, None) for p in upcoming)
+                break
+            if len(in_flight) > ahead:
+                path, future = in_flight.popleft()
+                yield path, future
+        for path, future in in_flight:
+            yield path, future if future is not None else read_here(path)
+        finished = True
+    finally:
+        # Closed early: nobody will ask for the reads not yet started. Run to the end: every future
+        # was handed out, and the caller may still want any of them.
+        pool.shutdown(wait=False, cancel_futures=not finished)

@@ -202,3 +202,81 @@ def test_fuzz_300_mutated_jpegs_and_pngs_no_traceback_no_hang(tmp_path, weights)
     named = {line.split(": ")[0] for line in result.stderr.splitlines()}
     assert len(result.stdout.splitlines()) + len(result.stderr.splitlines()) == len(sample)
     assert captioned | named == {str(p) for p in sample} and not captioned & named
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_read_images_gives_what_the_loader_gives_in_order_and_reraises_its_errors(tmp_path, threads):
+    import torch
+
+    from captioner.images import read_images
+
+    cases = make_corpus(tmp_path / "corpus")
+    got = list(read_images([c.path for c in cases], 32, keep_photos=True, ahead=4, threads=threads))
+    assert [path for path, _ in got] == [c.path for c in cases]
+    for case, (_, reading) in zip(cases, got):
+        if case.readable:
+            photo, pixels = reading.result()
+            expected = load_image(case.path)
+            assert photo.size == expected.size and photo.tobytes() == expected.tobytes()
+            assert torch.equal(pixels, preprocess(expected, 32))
+        else:
+            with pytest.raises(ImageError) as raised:
+                reading.result()
+            with pytest.raises(ImageError) as direct:
+                load_image(case.path)
+            assert str(raised.value) == str(direct.value)
+
+
+def test_read_images_reads_a_bounded_number_ahead_and_stops_when_closed(tmp_path, monkeypatch):
+    import threading
+
+    from PIL import Image
+
+    import captioner.images as images
+
+    started = []
+    lock = threading.Lock()
+
+    def counting_load(path):
+        with lock:
+            started.append(path)
+        return Image.new("RGB", (8, 8), (1, 2, 3))
+
+    monkeypatch.setattr(images, "load_image", counting_load)
+    paths = [f"image_{i}.png" for i in range(200)]
+    reads = images.read_images(paths, 8, ahead=5, threads=2)
+    for handed, (path, reading) in enumerate(reads, start=1):
+        assert path == paths[handed - 1]
+        assert reading.result()[0] is None                      # the picture is not kept unless asked for
+        assert len(started) <= handed + 5                       # never more than `ahead` beyond
+        if handed == 20:
+            break
+    reads.close()
+    assert len(started) <= 25
+
+
+def test_read_images_reads_in_the_calling_thread_when_no_thread_can_start(tmp_path, monkeypatch):
+    import concurrent.futures
+
+    from captioner.images import read_images
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", refuse)
+    cases = make_corpus(tmp_path / "corpus")
+    got = [(path, reading.exception()) for path, reading in read_images([c.path for c in cases], 16, threads=2)]
+    assert [path for path, _ in got] == [c.path for c in cases]
+    assert [error is None for _, error in got] == [c.readable for c in cases]
+
+
+def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
+    import warnings
+
+    from captioner.images import read_images
+
+    cases = make_corpus(tmp_path / "corpus") * 3                # EXIF and other warnings from several threads
+    before = list(warnings.filters)
+    for _, reading in read_images([c.path for c in cases], 16, ahead=8, threads=4):
+        reading.exception()
+    assert warnings.filters == before
