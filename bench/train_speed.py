@@ -40,7 +40,10 @@ from captioner.training import batch_loss  # noqa: E402
 CAPTION_TOKENS = 16
 
 
-def time_steps(model, make_batch, device, steps: int, warmup: int, amp: bool, train_encoder: bool) -> list[float]:
+def time_steps(model, make_batch, device, steps: int, warmup: int, amp: bool,
+               train_encoder: bool) -> tuple[list[float], list[float]]:
+    """Wall seconds and CPU seconds (this process, all threads) of each timed step. With other jobs
+    on the machine the CPU time is the steadier measure: it does not count waiting for a core."""
     tc = TrainConfig(doubly_stochastic=1.0)
     model.to(device).train()
     model.encoder.requires_grad_(train_encoder)
@@ -48,11 +51,11 @@ def time_steps(model, make_batch, device, steps: int, warmup: int, amp: bool, tr
     optimizer = torch.optim.Adam(params, lr=1e-4)
     inputs, captions = make_batch()
     inputs, captions = inputs.to(device), captions.to(device)
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             losses = batch_loss(model, inputs, captions, 0, tc)
         optimizer.zero_grad(set_to_none=True)
@@ -64,7 +67,8 @@ def time_steps(model, make_batch, device, steps: int, warmup: int, amp: bool, tr
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return times
+            cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times
 
 
 def captions_batch(batch: int, vocab_size: int) -> torch.Tensor:
@@ -95,10 +99,14 @@ def main(argv=None) -> int:
         print(f"CPU, float32 (train.py's bf16 autocast is for CUDA only); CUDA available: {torch.cuda.is_available()}")
     parts = args.parts.split(",")
 
-    def report(name, times, per_step, unit, extra=""):
+    def report(name, timings, per_step, unit, extra=""):
+        times, cpu_times = timings
         med = statistics.median(times)
+        cpu_med = statistics.median(cpu_times)
+        cpu = (f"; CPU time {cpu_med:.3f} s per step -> {per_step / cpu_med:.1f} {unit} per CPU-second"
+               if device.type == "cpu" else "")
         print(f"{name}: {med:.3f} s per step (median of {len(times)}, min {min(times):.3f}) -> "
-              f"{per_step / med:.1f} {unit}/s{extra}", flush=True)
+              f"{per_step / med:.1f} {unit}/s{extra}{cpu}", flush=True)
 
     torch.manual_seed(0)
     if "cached" in parts:
@@ -128,7 +136,7 @@ def main(argv=None) -> int:
         times = time_steps(model, lambda: (torch.randn(B, 3, config.image_size, config.image_size),
                                            captions_batch(B, config.vocab_size)),
                            device, max(args.steps, 20), args.warmup, amp, train_encoder=True)
-        med = statistics.median(times)
+        med = statistics.median(times[0])
         report(f"shapes demo model end to end ({config.encoder} at {config.image_size} px), batch {B}", times, B,
                "captions", extra=f", {1 / med:.2f} steps/s")
     return 0
