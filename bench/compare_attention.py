@@ -52,6 +52,10 @@ def parse_args():
     p.add_argument("--beam-size", type=int, default=3)
     p.add_argument("--reinforce-weight", type=float, default=None, help="hard: lambda_r (default: TrainConfig's)")
     p.add_argument("--entropy-weight", type=float, default=None, help="hard: lambda_e (default: TrainConfig's)")
+    p.add_argument("--expectation-warmup", type=int, default=None,
+                   help="hard: first batches with the expected context (default: a third of --steps)")
+    p.add_argument("--reference-loss", choices=("each", "any"), default=None,
+                   help="TrainConfig.reference_loss (default: the shapes default of train.py)")
     p.add_argument("--only", nargs="+", choices=list(MECHANISMS), default=None)
     p.add_argument("--out", default="runs/compare_attention")
     p.add_argument("--threads", type=int, default=1)
@@ -75,7 +79,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from captioner.checkpoint import load_captioner
-    from captioner.config import ModelConfig, TrainConfig, replace
+    from captioner.config import DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS, ModelConfig, TrainConfig, replace
     from captioner.data import load_split
     from captioner.training import train
 
@@ -89,8 +93,13 @@ def main() -> int:
     test_set = load_split("shapes", "test", image_size=64, num_images=args.test_images, seed=0)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    shared_model = dict(encoder="vgg_tiny", image_size=64, encoder_dim=args.dim, hidden_dim=args.dim,
-                        attention_dim=args.dim, embed_dim=64, positional="sine", dropout=0.3, max_len=20)
+    # The demo's encoder and sizes (DATASET_MODEL_DEFAULTS["shapes"]), except the LSTM: dot and
+    # scaled-dot compare h with the annotation vectors, so hidden_dim = encoder_dim = --dim here.
+    shapes = DATASET_MODEL_DEFAULTS["shapes"]
+    shared_model = dict(encoder=shapes["encoder"], image_size=shapes["image_size"], encoder_dim=args.dim,
+                        hidden_dim=args.dim, attention_dim=args.dim, embed_dim=shapes["embed_dim"],
+                        positional=shapes["positional"], dropout=shapes["dropout"], max_len=shapes["max_len"])
+    reference_loss = args.reference_loss or DATASET_TRAIN_DEFAULTS["shapes"].get("reference_loss", "each")
     for name in names:
         if MECHANISMS[name] is None:
             continue
@@ -101,10 +110,13 @@ def main() -> int:
                 hard_extra["reinforce_weight"] = args.reinforce_weight
             if args.entropy_weight is not None:
                 hard_extra["entropy_weight"] = args.entropy_weight
+            warmup = args.expectation_warmup
+            hard_extra["expectation_warmup"] = args.steps // 3 if warmup is None else warmup
         tc = TrainConfig(dataset="shapes", out_dir=str(out / name), steps=args.steps, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, doubly_stochastic=0.0, group_by_length=False,
                          train_images=args.train_images, val_images=100, eval_images=100,
-                         eval_every=args.steps, progress=False, **train_fields, **hard_extra)
+                         eval_every=args.steps, progress=False, reference_loss=reference_loss,
+                         **train_fields, **hard_extra)
         torch.manual_seed(args.seed)
         cpu, wall = time.process_time(), time.perf_counter()
         summary = train(tc, dict(shared_model, **model_fields), log=lambda *a, **k: None)

@@ -12,7 +12,7 @@ loading is not included: for the cached case see bench/cache_memory.py, which re
   frozen   VGG-16 at 224 in the forward pass (frozen: pretrained weights, as the paper trains),
            the same decoder: images per second
   full     the same with the whole VGG-16 trained too (train.py's default without --pretrained)
-  shapes   the shapes demo model (weights/shapes_soft.pt's configuration: vgg_tiny at 64 px), end to
+  shapes   the shapes demo model (weights/shapes_soft.pt's configuration: vgg_tiny_bn at 64 px), end to
            end: steps and captions per second
 Captions are 16 tokens (<start>, 14 words, <end>; COCO's mean caption has about 11 words).
 """

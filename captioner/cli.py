@@ -41,6 +41,9 @@ TRAIN_HELP = {
                    "process. Real photos want several",
     "strict": "stop with an error when an annotation's image is missing, unreadable or outside --data-root "
               "(default: skip such images and report them in one line)",
+    "reference_loss": "each: every reference caption is a training example (the paper's); any: batches of "
+                      "images with all their references, loss -log sum_r p(reference_r | image), so the model "
+                      "may settle on one wording (shapes: one order of the objects)",
     "group_by_length": "group captions of similar length into batches (deterministic per seed and epoch)",
     "feature_cache": "folder for cached encoder features: annotation vectors of every image are computed once "
                      "(float16, memory-mapped files keyed by encoder and images) and training reads them; needs a "
@@ -64,7 +67,7 @@ TRAIN_HELP = {
 }
 
 MODEL_HELP = {
-    "encoder": f"encoder network: {', '.join(ENCODERS)} (default vgg19; vgg_tiny for shapes)",
+    "encoder": f"encoder network: {', '.join(ENCODERS)} (default vgg19; vgg_tiny_bn for shapes)",
     "image_size": "input image side in pixels (224 gives a 14x14 grid with VGG)",
     "encoder_dim": "D, size of an annotation vector (512 for VGG)",
     "embed_dim": "m, word embedding size",
@@ -106,7 +109,7 @@ def _add_fields(parser, cls, helps, skip=(), defaults_none=False):
         caster = {"int": int, "float": float}.get(kind.replace(" | None", ""), str)
         choices = {"encoder": ENCODERS, "attention": ATTENTIONS, "score": SCORES, "positional": POSITIONAL,
                    "hard_test": ("expected", "argmax"),
-                   "lr_schedule": ("onecycle", "plateau", "constant")}.get(f.name)
+                   "lr_schedule": ("onecycle", "plateau", "constant"), "reference_loss": ("each", "any")}.get(f.name)
         suffix = f" (default: {_default_text(cls, f)})"
         parser.add_argument(flag, type=caster, default=default, choices=choices, help=help_text + suffix)
 

@@ -11,6 +11,10 @@ initialisation) while the gradient keeps the paper's direction.
 Hard (stochastic) attention, sec. 4.1, trains on a surrogate of the variational lower bound
 instead: `hard_attention_loss` (REINFORCE with a moving-average baseline, `update_baseline`,
 and an entropy bonus), scaled the same way.
+
+Both take optional per-caption `weights`: with TrainConfig.reference_loss = "any" (see
+`reference_weights`) a batch holds every reference of each image, and the objective is
+-log sum_r p(y_r | a), the probability that the model writes *one* of the image's references.
 """
 
 from __future__ import annotations
@@ -26,15 +30,45 @@ def doubly_stochastic(alphas: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
 
 
 def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: torch.Tensor, pad_id: int,
-                 doubly_stochastic_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """logits (B, T, V), alphas (B, T, L), targets (B, T) -> {'loss', 'nll', 'reg', 'tokens'}."""
+                 doubly_stochastic_weight: float = 1.0, owners: torch.Tensor | None = None,
+                 num_images: int | None = None) -> dict[str, torch.Tensor]:
+    """logits (B, T, V), alphas (B, T, L), targets (B, T) -> {'loss', 'nll', 'reg', 'tokens'}.
+
+    `owners` (B,): the image of each caption when the batch holds all references of `num_images`
+    images (reference_loss "any"): `nll` is then -sum_i log sum_{r of i} p(y_r | a_i) over the
+    images, divided by their mean reference length summed (one reference per image gives the
+    usual per-word cross-entropy)."""
     valid = targets != pad_id                                                        # (B, T)
+    reg = doubly_stochastic(alphas.float(), valid)                                   # (B,)
+    if owners is not None:
+        log_likelihood = sentence_log_likelihood(logits, targets, pad_id)           # (B,)
+        weights, image_ll, tokens = reference_weights(log_likelihood, valid.sum(dim=1), owners, num_images)
+        # d/dW log sum_r p(y_r) = sum_r w_r d/dW log p(y_r), w_r the posterior over the image's references
+        loss = (-(weights * log_likelihood).sum() + doubly_stochastic_weight * (weights * reg).sum()) / tokens
+        return {"loss": loss, "nll": -image_ll.sum().detach() / tokens, "reg": reg.mean(), "tokens": tokens}
     tokens = valid.sum().clamp_min(1)
     nll_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),          # (B*T, V)
                               targets.reshape(-1), ignore_index=pad_id, reduction="sum")
-    reg = doubly_stochastic(alphas.float(), valid)                                   # (B,)
     loss = (nll_sum + doubly_stochastic_weight * reg.sum()) / tokens
     return {"loss": loss, "nll": nll_sum / tokens, "reg": reg.mean(), "tokens": tokens}
+
+
+def reference_weights(log_likelihood: torch.Tensor, lengths: torch.Tensor, owners: torch.Tensor,
+                      num_images: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For captions grouped by image (`owners` (R,) in [0, num_images)): the posterior weight of
+    each reference within its image, w_r = p(y_r) / sum_{r' of the same image} p(y_r') (R,),
+    detached; log sum_r p(y_r) per image (num_images,); and the loss's divisor, the images' mean
+    reference lengths summed. Computed in log space (captions' likelihoods underflow otherwise)."""
+    ll = log_likelihood.float()
+    # scatter_reduce "amax" over each image's references: the log-sum-exp's shift
+    peak = ll.new_full((num_images,), float("-inf")).scatter_reduce(0, owners, ll.detach(), "amax")
+    shifted = torch.exp(ll - peak[owners])                                            # (R,) in (0, 1]
+    total = ll.new_zeros(num_images).index_add(0, owners, shifted)                    # (n,)
+    image_ll = peak + torch.log(total)                                                # (n,) log sum_r p(y_r)
+    weights = (shifted / total[owners]).detach()
+    counts = torch.bincount(owners, minlength=num_images).clamp_min(1).to(ll.dtype)
+    mean_lengths = ll.new_zeros(num_images).index_add(0, owners, lengths.to(ll.dtype)) / counts
+    return weights, image_ll, mean_lengths.sum().clamp_min(1.0)
 
 
 # -- hard attention (sec. 4.1) -----------------------------------------------------------------
@@ -48,7 +82,8 @@ def sentence_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, pad_id:
 def hard_attention_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: torch.Tensor, pad_id: int,
                         entropies: torch.Tensor, log_p_locations: torch.Tensor | None, baseline: float | None,
                         doubly_stochastic_weight: float = 1.0, reinforce_weight: float = 1.0,
-                        entropy_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                        entropy_weight: float = 0.0, owners: torch.Tensor | None = None,
+                        num_images: int | None = None) -> dict[str, torch.Tensor]:
     """The surrogate loss whose gradient is eq. (12)'s estimator of the variational lower bound
     L_s = sum_s p(s | a) log p(y | s, a) (sec. 4.1), negated, for one batch of sampled locations s~:
 
@@ -63,27 +98,34 @@ def hard_attention_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: tor
     0.5, set s~ to its expected value"): the gradient is then soft attention's, plus the entropy
     bonus. `b` is the moving average of update_baseline; None (no sampled batch yet) uses this
     batch's mean. The doubly stochastic term of eq. (14) is added as for soft attention.
-    As `caption_loss`, everything is divided by the number of target tokens.
+    As `caption_loss`, everything is divided by the number of target tokens. With `owners`
+    (reference_loss "any", see `caption_loss`) each caption's terms are weighted by its posterior
+    weight among its image's references (`reference_weights`), which turns every per-caption
+    gradient above into one of -log sum_r p(y_r | a); the reward stays each caption's own.
 
     logits (B, T, V), alphas (B, T, L), targets (B, T), entropies (B, T) -> {'loss', 'nll', 'reg',
     'tokens', 'log_likelihood' (mean log p(y | s~, a), detached), 'entropy' (mean H per word)}.
     """
     valid = targets != pad_id                                                        # (B, T)
-    tokens = valid.sum().clamp_min(1)
     log_likelihood = sentence_log_likelihood(logits, targets, pad_id)               # (B,)
-    nll_sum = -log_likelihood.sum()
+    if owners is not None:
+        caption_weight, image_ll, tokens = reference_weights(log_likelihood, valid.sum(dim=1), owners, num_images)
+        nll_sum = -image_ll.sum()
+    else:
+        caption_weight, tokens = torch.ones_like(log_likelihood), valid.sum().clamp_min(1)
+        nll_sum = -log_likelihood.sum()
     reg = doubly_stochastic(alphas.float(), valid)                                   # (B,)
     weights = valid.to(torch.float32)
-    entropy_sum = (entropies.float() * weights).sum()                                # sum_n H[s~_n]
-    loss = nll_sum + doubly_stochastic_weight * reg.sum() - entropy_weight * entropy_sum
+    entropy = (entropies.float() * weights).sum(dim=1)                               # (B,) sum_t H[alpha_t]
+    loss = (caption_weight * (-log_likelihood + doubly_stochastic_weight * reg - entropy_weight * entropy)).sum()
     if log_p_locations is not None:
         reward = log_likelihood.detach()                                             # (B,) log p(y | s~_n, a)
         b = reward.mean() if baseline is None else torch.as_tensor(baseline, dtype=reward.dtype,
                                                                    device=reward.device)
         log_p_s = (log_p_locations.float() * weights).sum(dim=1)                     # (B, T) -> (B,) log p(s~_n | a)
-        loss = loss - reinforce_weight * ((reward - b) * log_p_s).sum()
+        loss = loss - reinforce_weight * (caption_weight * (reward - b) * log_p_s).sum()
     return {"loss": loss / tokens, "nll": nll_sum.detach() / tokens, "reg": reg.mean(), "tokens": tokens,
-            "log_likelihood": log_likelihood.detach().mean(), "entropy": entropy_sum.detach() / tokens}
+            "log_likelihood": log_likelihood.detach().mean(), "entropy": entropy.sum().detach() / tokens}
 
 
 def update_baseline(baseline: float | None, log_likelihood: float, decay: float = 0.9) -> float:

@@ -18,7 +18,8 @@ import torch
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import DATASET_MODEL_DEFAULTS, ModelConfig, TrainConfig, model_config_for
-from .data import CaptionPairs, EpochSampler, collate_pairs, forget_tokens, load_split, references_tokens
+from .data import (CaptionPairs, EpochSampler, ReferenceSets, collate_pairs, collate_reference_sets, forget_tokens,
+                   load_split, references_tokens)
 from .data.batching import LengthGroupedBatches
 from .data.batching import steps_per_epoch as steps_per_epoch_for
 from .data.cache import model_inputs
@@ -117,9 +118,12 @@ class _LR:
 
 
 def batch_loss(model, inputs: torch.Tensor, captions: torch.Tensor, pad_id: int, tc: TrainConfig,
-               objective_state: dict | None = None) -> dict:
+               objective_state: dict | None = None, owners: torch.Tensor | None = None) -> dict:
     """The training objective for one batch: `inputs` are normalised images (B, 3, H, W) or cached
     annotations (B, L, D); `captions` (B, T+1) run <start> .. <end> <pad>...
+    With `owners` (R,) (reference_loss "any"), `captions` (R, T+1) are all the references of the B
+    images and owners[r] is caption r's image: the model runs on each image's row once per
+    reference, and the objective is -log sum_r p(y_r | a) per image (losses.caption_loss).
 
     Hard attention (sec. 4.1) keeps the moving-average baseline b and a batch count in
     `objective_state` (a small plain dict, {"baseline": float | None, "batches": int}, updated in
@@ -127,9 +131,15 @@ def batch_loss(model, inputs: torch.Tensor, captions: torch.Tensor, pad_id: int,
     decides, with probability tc.expectation_prob, to use the expected context instead of sampled
     locations; during the first tc.expectation_warmup batches every batch uses it."""
     config = getattr(model, "module", model).config      # DDP wraps the Captioner
+    num_images = inputs.shape[0]
+    if owners is not None:
+        if inputs.dim() == 4 and not hasattr(model, "module"):
+            inputs = model.encode(inputs)                  # each image encoded once, (B, L, D)
+        # (Under DDP the images are repeated instead: all computation stays inside its forward.)
+        inputs = inputs.index_select(0, owners)            # (B, ...) -> (R, ...): one row per reference
     if config.attention != "hard":
         logits, alphas, _ = model(inputs, captions[:, :-1])
-        return caption_loss(logits, alphas, captions[:, 1:], pad_id, tc.doubly_stochastic)
+        return caption_loss(logits, alphas, captions[:, 1:], pad_id, tc.doubly_stochastic, owners, num_images)
     state = objective_state if objective_state is not None else {}
     expected = bool(torch.rand(()) < tc.expectation_prob)
     state["batches"] = state.get("batches", 0) + 1
@@ -138,7 +148,7 @@ def batch_loss(model, inputs: torch.Tensor, captions: torch.Tensor, pad_id: int,
                                      return_trace=True)
     losses = hard_attention_loss(logits, alphas, captions[:, 1:], pad_id, trace.entropies, trace.log_p_locations,
                                  state.get("baseline"), tc.doubly_stochastic, tc.reinforce_weight,
-                                 tc.entropy_weight)
+                                 tc.entropy_weight, owners, num_images)
     if not expected:  # b estimates E[log p(y | s~, a)] under sampling: only sampled batches move it
         state["baseline"] = update_baseline(state.get("baseline"), losses["log_likelihood"].item(),
                                             tc.baseline_decay)
@@ -246,10 +256,16 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
                                                          dist, log)
     pairs = CaptionPairs(train_source, vocab, config.max_len, tokens=references_tokens(train_set))
     forget_tokens(train_set)
-    if len(pairs) < tc.batch_size * dist.world_size:
-        raise TrainingError(f"the {tc.dataset} training split has {len(pairs)} captions, fewer than one batch "
+    # reference_loss "each": a batch is tc.batch_size (image, caption) pairs; "any": tc.batch_size
+    # images with all their references (the objective is then per image, see losses.caption_loss).
+    if tc.reference_loss == "any":
+        samples, collate, what = ReferenceSets(pairs), collate_reference_sets, "images with captions"
+    else:
+        samples, collate, what = pairs, collate_pairs, "captions"
+    if len(samples) < tc.batch_size * dist.world_size:
+        raise TrainingError(f"the {tc.dataset} training split has {len(samples)} {what}, fewer than one batch "
                             f"({tc.batch_size} x {dist.world_size} processes); lower --batch-size")
-    steps_per_epoch = steps_per_epoch_for(len(pairs), tc.batch_size, dist.world_size)
+    steps_per_epoch = steps_per_epoch_for(len(samples), tc.batch_size, dist.world_size)
     train_model = dist.wrap(model, device)  # DistributedDataParallel under torchrun, else the model itself
     if dist.enabled:  # same initial weights everywhere (DDP broadcast them); dropout noise differs per rank
         torch.manual_seed(tc.seed + 1_000_003 * dist.rank + step)
@@ -260,11 +276,11 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
         """Batches in the order an uninterrupted run would see them from step `step0` on."""
         epoch, offset = divmod(step0, steps_per_epoch)
         while True:
-            sampler = LengthGroupedBatches(pairs.lengths, tc.batch_size, tc.seed, epoch, offset, tc.group_by_length,
-                                           dist.rank, dist.world_size)
+            sampler = LengthGroupedBatches(samples.lengths, tc.batch_size, tc.seed, epoch, offset,
+                                           tc.group_by_length, dist.rank, dist.world_size)
             loader = torch.utils.data.DataLoader(
-                pairs, batch_sampler=sampler, num_workers=tc.num_workers, pin_memory=device.type == "cuda",
-                collate_fn=lambda b: collate_pairs(b, vocab.pad),
+                samples, batch_sampler=sampler, num_workers=tc.num_workers, pin_memory=device.type == "cuda",
+                collate_fn=lambda b: collate(b, vocab.pad),
                 # A private generator: the loader must not draw from the global RNG (exact resume).
                 generator=torch.Generator().manual_seed(tc.seed))
             yield from loader
@@ -306,13 +322,15 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     batches = batches_from(step)
     try:
         while step < tc.steps:
-            images, captions = next(batches)
+            images, captions, *owners = next(batches)
             recorder.batch(captions)
             images, captions = images.to(device, non_blocking=True), captions.to(device, non_blocking=True)
+            owners = owners[0].to(device, non_blocking=True) if owners else None
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = batch_loss(train_model, model_inputs(images), captions, vocab.pad, tc, objective_state)
+                losses = batch_loss(train_model, model_inputs(images), captions, vocab.pad, tc, objective_state,
+                                    owners)
             if dist.any(not torch.isfinite(losses["loss"])):
                 stop_reason = "non-finite loss"
                 raise TrainingError(f"loss became {losses['loss'].item()} at step {step + 1}; stopped. "

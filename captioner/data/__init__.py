@@ -97,6 +97,30 @@ class CaptionPairs(Dataset):
         return self.images.image(int(self.image_index[k])), self.caption(k)
 
 
+class ReferenceSets(Dataset):
+    """(image, [caption ids of every reference of the image]) per image: the batches of
+    TrainConfig.reference_loss "any". Built over a `CaptionPairs` (its captions and arrays are
+    shared); `lengths[i]` is image i's longest caption, for length grouping."""
+
+    def __init__(self, pairs: CaptionPairs):
+        self.pairs = pairs
+        # CaptionPairs lists each image's references together, images in order.
+        counts = np.bincount(pairs.image_index, minlength=len(pairs.images))
+        self.first = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.first[1:])
+        self.images_with_captions = np.nonzero(counts)[0]
+        maxima = np.zeros(len(counts), dtype=np.int32)
+        np.maximum.at(maxima, pairs.image_index, pairs.lengths)
+        self.lengths = maxima[self.images_with_captions]
+
+    def __len__(self) -> int:
+        return len(self.images_with_captions)
+
+    def __getitem__(self, k: int):
+        i = int(self.images_with_captions[k])
+        return self.pairs.images.image(i), [self.pairs.caption(r) for r in range(self.first[i], self.first[i + 1])]
+
+
 class ImagesOnly(Dataset):
     """(image uint8 (3, S, S), index): each image once, for decoding."""
 
@@ -118,6 +142,18 @@ def collate_pairs(batch, pad_id: int = 0):
     for row, (_, caption) in enumerate(batch):
         captions[row, : len(caption)] = caption
     return images, captions
+
+
+def collate_reference_sets(batch, pad_id: int = 0):
+    """Images (B, 3, S, S), every reference of them right-padded (R, T+1), and the image of each
+    caption, owners (R,) in [0, B)."""
+    images = torch.stack([b[0] for b in batch])
+    captions = [c for b in batch for c in b[1]]
+    owners = torch.tensor([row for row, b in enumerate(batch) for _ in b[1]], dtype=torch.long)
+    padded = torch.full((len(captions), max(len(c) for c in captions)), pad_id, dtype=torch.long)
+    for row, caption in enumerate(captions):
+        padded[row, : len(caption)] = caption
+    return images, padded, owners
 
 
 def collate_images(batch):
