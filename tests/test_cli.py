@@ -37,7 +37,8 @@ def test_caption_prints_path_tab_caption_per_image():
         assert words and words[0] == "a"
 
 
-def test_caption_of_a_shapes_image_names_its_colour_and_shape(tmp_path):
+@pytest.mark.parametrize("weights", [None, "weights/shapes_hard.pt"])
+def test_caption_of_a_shapes_image_names_its_colour_and_shape(tmp_path, weights):
     from PIL import Image
 
     from captioner.data import shapes_seed
@@ -46,7 +47,8 @@ def test_caption_of_a_shapes_image_names_its_colour_and_shape(tmp_path):
     scene = next(s for s in (make_scene(shapes_seed("test"), i) for i in range(100)) if len(s.objects) == 1)
     path = tmp_path / "one.png"
     Image.fromarray(scene.image).save(path)
-    result = run("caption.py", path)
+    result = run("caption.py", path, *(["--weights", ROOT / weights] if weights else []))
+    assert result.returncode == 0, result.stderr
     obj = scene.objects[0]
     assert f"{obj.colour} {obj.shape}" in result.stdout
 

@@ -49,8 +49,8 @@ def tiny(shapes_vocab):
 
 # -- the notebook, executed -------------------------------------------------------------------------------
 def test_the_notebook_runs_top_to_bottom_and_draws_its_figures(tmp_path):
-    for name in ("shapes_soft.pt",):
-        assert (ROOT / "weights" / name).is_file(), f"weights/{name} (the shipped demo checkpoint) is missing"
+    for name in ("shapes_soft.pt", "shapes_hard.pt"):
+        assert (ROOT / "weights" / name).is_file(), f"weights/{name} (a shipped demo checkpoint) is missing"
     out = tmp_path / "executed.ipynb"
     start = time.monotonic()
     # Working directory notebooks/, as when Jupyter is started there; the notebook finds the root itself.
@@ -61,10 +61,11 @@ def test_the_notebook_runs_top_to_bottom_and_draws_its_figures(tmp_path):
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     # 3 shapes pictures and 3 example photos, one word grid each, then the beta plot
     # (with weights/shapes_hard.pt: 3 soft/hard figures and their betas as well).
-    assert len(pngs) >= 7, f"only {len(pngs)} figures"
+    assert len(pngs) >= 10, f"only {len(pngs)} figures"
     text = "".join(o.get("text", "") for o in outputs) + "".join(
         o.get("data", {}).get("text/plain", "") for o in outputs)
     assert "soft (deterministic) attention" in text
+    assert "does not exist yet" not in text  # the soft/hard comparison ran on the shipped hard checkpoint
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "log p" in html and "localisation" in html and "chance" in html
     assert out.stat().st_size < MAX_BYTES, f"the executed notebook embeds {out.stat().st_size} bytes"
