@@ -1,11 +1,13 @@
 """Wall time of `python caption.py photo` for one photo, from process start to the printed caption.
 
-    python bench/cli_latency.py [--runs 10] [--image examples/shapes_3obj.png] [--weights weights/shapes_soft.pt]
+    python bench/cli_latency.py [--runs 10] [--image examples/shapes_3obj.png] [--weights CKPT] [--folder 32]
 
 Each run is a fresh interpreter (`subprocess.Popen`, the clock started just before it): the time
 to the caption on stdout and to the process's exit are both reported (median, min, max), plus,
 from one `python -X importtime` run, what the imports cost and a check that nothing heavy
 (matplotlib, torchvision, pycocotools, nltk, torch._dynamo) is imported when no overlay is asked for.
+`--folder N` also times `caption.py` on N photo-like JPEG files with a VGG-16 checkpoint (random
+weights) and reports the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--image", default="examples/shapes_3obj.png")
     parser.add_argument("--weights", default=None, help="checkpoint (default: caption.py's, weights/shapes_soft.pt)")
+    parser.add_argument("--folder", type=int, default=0, metavar="N",
+                        help="also caption N photo-like JPEG files with a VGG-16 checkpoint: wall time, peak RSS")
+    parser.add_argument("--folder-runs", type=int, default=2)
     args = parser.parse_args(argv)
     print_command()
     print(environment())
@@ -86,7 +91,40 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v:.2f} s" for k, v in list(totals.items())[:6]))
     print(f"heavy modules imported without --attention: {', '.join(heavy) if heavy else 'none'} "
           f"(checked: {', '.join(HEAVY)})")
+    if args.folder:
+        folder_run(args.folder, args.folder_runs)
     return 1 if heavy else 0
+
+
+def folder_run(count: int, runs: int) -> None:
+    """`caption.py` on `count` JPEG files with a VGG-16 checkpoint (random weights, vocabulary 10,000):
+    wall time and peak resident memory of the whole process (GNU time's %M)."""
+    import tempfile
+
+    from bench.common import bench_model, write_jpegs
+    from captioner.checkpoint import save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, vocab = bench_model()
+        weights = Path(tmp) / "vgg16_random.pt"
+        save_checkpoint(weights, model, vocab)
+        del model
+        paths = write_jpegs(Path(tmp), count)
+        cmd = ["/usr/bin/time", "-f", "%e %M", sys.executable, "caption.py", "--weights", str(weights),
+               *map(str, paths)]
+        walls, peaks = [], []
+        for _ in range(runs):
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"caption.py failed: {done.stderr.strip()[-500:]}")
+            wall, peak_kib = done.stderr.strip().splitlines()[-1].split()
+            walls.append(float(wall))
+            peaks.append(int(peak_kib) / 1024)
+            assert len(done.stdout.strip().splitlines()) == count
+    print(f"`python caption.py --weights vgg16_random.pt photo_000.jpg ... ({count} JPEG files, 640x480)`, "
+          f"VGG-16 at 224, vocabulary 10,000, beam 3, batch 32: wall median {statistics.median(walls):.2f} s "
+          f"(min {min(walls):.2f}) over {runs} runs -> {count / statistics.median(walls):.2f} images/s including "
+          f"start-up; peak RSS {max(peaks):.0f} MiB")
 
 
 if __name__ == "__main__":
