@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from captioner.config import REFERENCE_LOSSES  # noqa: E402  (no torch: the thread count is set first in main)
+
 # name -> (ModelConfig overrides, TrainConfig overrides)
 MECHANISMS = {
     "soft-additive": (dict(attention="soft", score="additive"), {}),
@@ -54,7 +56,7 @@ def parse_args():
     p.add_argument("--entropy-weight", type=float, default=None, help="hard: lambda_e (default: TrainConfig's)")
     p.add_argument("--expectation-warmup", type=int, default=None,
                    help="hard: first batches with the expected context (default: a third of --steps)")
-    p.add_argument("--reference-loss", choices=("each", "any"), default=None,
+    p.add_argument("--reference-loss", choices=REFERENCE_LOSSES, default=None,
                    help="TrainConfig.reference_loss (default: the shapes default of train.py)")
     p.add_argument("--only", nargs="+", choices=list(MECHANISMS), default=None)
     p.add_argument("--out", default="runs/compare_attention")

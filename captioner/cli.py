@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import (ATTENTIONS, DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS, ENCODERS, POSITIONAL, SCORES,
-                     ModelConfig, TrainConfig, train_config_for)
+from .config import (ATTENTIONS, DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS, ENCODERS, POSITIONAL,
+                     REFERENCE_LOSSES, SCORES, ModelConfig, TrainConfig, train_config_for)
 
 TRAIN_HELP = {
     "dataset": "data set: shapes (built in, no files), coco, flickr8k, flickr30k",
@@ -109,7 +109,7 @@ def _add_fields(parser, cls, helps, skip=(), defaults_none=False):
         caster = {"int": int, "float": float}.get(kind.replace(" | None", ""), str)
         choices = {"encoder": ENCODERS, "attention": ATTENTIONS, "score": SCORES, "positional": POSITIONAL,
                    "hard_test": ("expected", "argmax"),
-                   "lr_schedule": ("onecycle", "plateau", "constant"), "reference_loss": ("each", "any")}.get(f.name)
+                   "lr_schedule": ("onecycle", "plateau", "constant"), "reference_loss": REFERENCE_LOSSES}.get(f.name)
         suffix = f" (default: {_default_text(cls, f)})"
         parser.add_argument(flag, type=caster, default=default, choices=choices, help=help_text + suffix)
 

@@ -18,6 +18,7 @@ ENCODERS = (
 ATTENTIONS = ("soft", "hard", "local")
 SCORES = ("additive", "dot", "general", "scaled-dot", "multihead")
 POSITIONAL = ("none", "sine")
+REFERENCE_LOSSES = ("each", "any")
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.reference_loss not in ("each", "any"):
-            raise ValueError(f"reference_loss must be 'each' or 'any', got {self.reference_loss!r}")
+        if self.reference_loss not in REFERENCE_LOSSES:
+            raise ValueError(f"reference_loss must be one of {', '.join(REFERENCE_LOSSES)}, "
+                             f"got {self.reference_loss!r}")
         if self.lr_schedule not in ("onecycle", "plateau", "constant"):
             raise ValueError(f"lr_schedule must be onecycle, plateau or constant, got {self.lr_schedule!r}")
         for name in ("steps", "batch_size", "eval_every", "eval_images", "eval_beam_size", "train_images",

@@ -12,8 +12,8 @@ Hard (stochastic) attention, sec. 4.1, trains on a surrogate of the variational 
 instead: `hard_attention_loss` (REINFORCE with a moving-average baseline, `update_baseline`,
 and an entropy bonus), scaled the same way.
 
-Both take optional per-caption `weights`: with TrainConfig.reference_loss = "any" (see
-`reference_weights`) a batch holds every reference of each image, and the objective is
+Both take optional `owners`, the image of each caption: with TrainConfig.reference_loss = "any"
+(see `reference_weights`) a batch holds every reference of each image, and the objective is
 -log sum_r p(y_r | a), the probability that the model writes *one* of the image's references.
 """
 
@@ -39,18 +39,24 @@ def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: torch.Tens
     images, divided by their mean reference length summed (one reference per image gives the
     usual per-word cross-entropy)."""
     valid = targets != pad_id                                                        # (B, T)
+    log_likelihood = sentence_log_likelihood(logits, targets, pad_id)               # (B,)
+    caption_weight, nll_sum, tokens = _caption_weights(log_likelihood, valid, owners, num_images)
     reg = doubly_stochastic(alphas.float(), valid)                                   # (B,)
-    if owners is not None:
-        log_likelihood = sentence_log_likelihood(logits, targets, pad_id)           # (B,)
-        weights, image_ll, tokens = reference_weights(log_likelihood, valid.sum(dim=1), owners, num_images)
-        # d/dW log sum_r p(y_r) = sum_r w_r d/dW log p(y_r), w_r the posterior over the image's references
-        loss = (-(weights * log_likelihood).sum() + doubly_stochastic_weight * (weights * reg).sum()) / tokens
-        return {"loss": loss, "nll": -image_ll.sum().detach() / tokens, "reg": reg.mean(), "tokens": tokens}
-    tokens = valid.sum().clamp_min(1)
-    nll_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),          # (B*T, V)
-                              targets.reshape(-1), ignore_index=pad_id, reduction="sum")
-    loss = (nll_sum + doubly_stochastic_weight * reg.sum()) / tokens
+    # With owners, d/dW log sum_r p(y_r) = sum_r w_r d/dW log p(y_r), w_r the posterior over the
+    # image's references; without, every w_r is 1 and this is the summed cross-entropy.
+    loss = (caption_weight * (-log_likelihood + doubly_stochastic_weight * reg)).sum() / tokens
     return {"loss": loss, "nll": nll_sum / tokens, "reg": reg.mean(), "tokens": tokens}
+
+
+def _caption_weights(log_likelihood: torch.Tensor, valid: torch.Tensor, owners: torch.Tensor | None,
+                     num_images: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What both objectives weight and divide by: (per-caption weight (B,), the negative
+    log-likelihood summed, the divisor). Each caption on its own (`owners` None): weights 1,
+    -sum log p(y), the number of target tokens. With `owners`: `reference_weights`."""
+    if owners is None:
+        return torch.ones_like(log_likelihood), -log_likelihood.sum(), valid.sum().clamp_min(1)
+    weights, image_ll, tokens = reference_weights(log_likelihood, valid.sum(dim=1), owners, num_images)
+    return weights, -image_ll.sum(), tokens
 
 
 def reference_weights(log_likelihood: torch.Tensor, lengths: torch.Tensor, owners: torch.Tensor,
@@ -108,12 +114,7 @@ def hard_attention_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: tor
     """
     valid = targets != pad_id                                                        # (B, T)
     log_likelihood = sentence_log_likelihood(logits, targets, pad_id)               # (B,)
-    if owners is not None:
-        caption_weight, image_ll, tokens = reference_weights(log_likelihood, valid.sum(dim=1), owners, num_images)
-        nll_sum = -image_ll.sum()
-    else:
-        caption_weight, tokens = torch.ones_like(log_likelihood), valid.sum().clamp_min(1)
-        nll_sum = -log_likelihood.sum()
+    caption_weight, nll_sum, tokens = _caption_weights(log_likelihood, valid, owners, num_images)
     reg = doubly_stochastic(alphas.float(), valid)                                   # (B,)
     weights = valid.to(torch.float32)
     entropy = (entropies.float() * weights).sum(dim=1)                               # (B,) sum_t H[alpha_t]

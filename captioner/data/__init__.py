@@ -136,24 +136,23 @@ class ImagesOnly(Dataset):
 
 def collate_pairs(batch, pad_id: int = 0):
     """Stack images; right-pad captions with <pad> to the batch's longest: (B, 3, S, S), (B, T+1)."""
-    images = torch.stack([b[0] for b in batch])
-    longest = max(len(b[1]) for b in batch)
-    captions = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-    for row, (_, caption) in enumerate(batch):
-        captions[row, : len(caption)] = caption
-    return images, captions
+    return torch.stack([b[0] for b in batch]), _pad_captions([b[1] for b in batch], pad_id)
+
+
+def _pad_captions(captions, pad_id: int) -> torch.Tensor:
+    """1-D id tensors -> (N, longest), right-padded with <pad>."""
+    padded = torch.full((len(captions), max(len(c) for c in captions)), pad_id, dtype=torch.long)
+    for row, caption in enumerate(captions):
+        padded[row, : len(caption)] = caption
+    return padded
 
 
 def collate_reference_sets(batch, pad_id: int = 0):
     """Images (B, 3, S, S), every reference of them right-padded (R, T+1), and the image of each
     caption, owners (R,) in [0, B)."""
     images = torch.stack([b[0] for b in batch])
-    captions = [c for b in batch for c in b[1]]
     owners = torch.tensor([row for row, b in enumerate(batch) for _ in b[1]], dtype=torch.long)
-    padded = torch.full((len(captions), max(len(c) for c in captions)), pad_id, dtype=torch.long)
-    for row, caption in enumerate(captions):
-        padded[row, : len(caption)] = caption
-    return images, padded, owners
+    return images, _pad_captions([c for b in batch for c in b[1]], pad_id), owners
 
 
 def collate_images(batch):
