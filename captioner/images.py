@@ -203,27 +203,40 @@ def _to_rgb(im) -> "Image.Image":
     return im.convert("RGB")
 
 
-def preprocess(image, size: int) -> torch.Tensor:
-    """RGB PIL image -> uint8 tensor (3, size, size): shorter side resized to `size`, centre crop.
+def crop_box(width: int, height: int, resize: str = "crop") -> tuple[int, int, int, int]:
+    """The region of a width x height photo that the model sees: the centre square ("crop") or
+    the whole frame ("squash"), as (left, top, right, bottom)."""
+    if resize == "squash":
+        return 0, 0, width, height
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def preprocess(image, size: int, resize: str = "crop") -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor (3, size, size) (see `encoder.Preprocessing`): "crop" resizes
+    the shorter side to `size` and keeps the centre; "squash" resizes the whole frame to size x size.
 
     The centre square is cut from the original before resizing (the same picture as resizing first),
     so a 1x60000 strip costs a 1x1 crop, not a 224x13 million pixel intermediate."""
     from PIL import Image
 
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    image = image.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
+    if resize not in ("crop", "squash"):
+        raise ValueError(f"resize must be 'crop' or 'squash', got {resize!r}")
+    image = image.resize((size, size), Image.BICUBIC, box=crop_box(*image.size, resize))
     array = np.asarray(image, dtype=np.uint8)                                  # (H, W, 3)
     # The layout change is numpy's copy, not a torch operator: `read_images` runs this in its
     # threads, and a torch operator there could start an OpenMP thread team per reading thread.
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))    # (H, W, 3) -> (3, H, W)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, 3, H, W) on any device -> float, ImageNet mean/std normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+def normalize(images: torch.Tensor, preprocessing=None) -> torch.Tensor:
+    """uint8 images (B, 3, H, W) on any device -> float, normalised with the mean and std of
+    `preprocessing` (a model's `encoder.Preprocessing`; default ImageNet's, as VGG was trained)."""
+    mean_ = preprocessing.mean if preprocessing is not None else IMAGENET_MEAN
+    std_ = preprocessing.std if preprocessing is not None else IMAGENET_STD
+    mean = torch.tensor(mean_, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std_, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 
@@ -233,7 +246,7 @@ READ_THREADS = 4
 
 
 def read_images(paths: Iterable, size: int, keep_photos: bool = False, ahead: int = 32,
-                threads: int | None = None) -> Iterator[tuple[object, Future]]:
+                threads: int | None = None, resize: str = "crop") -> Iterator[tuple[object, Future]]:
     """Read image files with `load_image` + `preprocess` in a few threads, while the caller works
     on what was read before (caption.py encodes one batch while the next is read).
 
@@ -254,7 +267,7 @@ def read_images(paths: Iterable, size: int, keep_photos: bool = False, ahead: in
 
     def read(path):
         photo = load_image(path)
-        pixels = preprocess(photo, size)
+        pixels = preprocess(photo, size, resize)
         return (photo if keep_photos else None), pixels
 
     def read_here(path) -> Future:

@@ -19,7 +19,7 @@ def caption_batch(model, images_uint8: torch.Tensor, vocab, beam_size: int = 3, 
     if inputs.dim() == 3:                                                                # already (B, L, D)
         annotations = inputs.float()
     else:
-        annotations = model.encode(normalize(inputs))                                    # (B, L, D)
+        annotations = model.encode(normalize(inputs, model.preprocessing))  # (B, L, D)
     return beam_search(model, annotations, vocab, beam_size=beam_size, max_len=max_len,
                        length_penalty=length_penalty)
 

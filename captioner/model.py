@@ -19,18 +19,23 @@ from torch import nn
 
 from .config import ModelConfig
 from .decoder import Decoder, DecoderState, StepOutput
-from .encoder import Encoder
+from .encoder import build_encoder, preprocessing_for
 
 
 class Captioner(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config.encoder, config.encoder_dim)
+        self.encoder = build_encoder(config)
         self.decoder = Decoder(config)
 
+    @property
+    def preprocessing(self):
+        """How photos become this model's input (size, resize rule, normalisation): `encoder.Preprocessing`."""
+        return preprocessing_for(self.config)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """ImageNet-normalised images (B, 3, H, W) -> annotation vectors (B, L, D)."""
+        """Images normalised as `self.preprocessing` says (B, 3, H, W) -> annotation vectors (B, L, D)."""
         return self.encoder(images)
 
     def forward(self, inputs: torch.Tensor, captions: torch.Tensor, mask: torch.Tensor | None = None,

@@ -38,8 +38,19 @@ def build_vocab(train_images, min_count: int) -> Vocabulary:
 
 
 def load_encoder_weights(model: Captioner, tc: TrainConfig) -> None:
-    """--pretrained (torchvision's ImageNet weights) or --encoder-weights PATH (a local file)."""
-    from .encoder import pretrained_state_dict
+    """--pretrained (torchvision's ImageNet weights) or --encoder-weights PATH (a local file).
+    EfficientNet-Lite always starts from its installed package's ImageNet weights, every key."""
+    from .encoder import EncoderWeightsError, lite_state_dict, pretrained_state_dict
+
+    if model.config.encoder.startswith("efficientnet_lite"):
+        if tc.encoder_weights or tc.finetune_encoder:
+            raise TrainingError(f"{model.config.encoder} is used frozen, with the ImageNet weights of its pip "
+                                "package; --encoder-weights and --finetune-encoder are for VGG")
+        try:
+            model.encoder.load_state_dict(lite_state_dict(model.config.encoder), strict=True)
+        except EncoderWeightsError as e:
+            raise TrainingError(str(e)) from None
+        return
 
     if tc.encoder_weights:
         path = Path(tc.encoder_weights)
@@ -200,10 +211,10 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     data_log = (lambda m: print(m, file=sys.stderr, flush=True)) if dist.is_main else _quiet
     train_set = load_split(tc.dataset, "train", image_size=image_size, num_images=None if real else tc.train_images,
                            seed=tc.seed, data_root=tc.data_root, split_file=tc.split_file, strict=tc.strict,
-                           log=data_log)
+                           log=data_log, images=tc.images)
     val_set = load_split(tc.dataset, "val", image_size=image_size, num_images=tc.eval_images if real else tc.val_images,
                          seed=tc.seed, data_root=tc.data_root, split_file=tc.split_file, strict=tc.strict,
-                         log=data_log)
+                         log=data_log, images=tc.images)
     if len(train_set) == 0:
         raise TrainingError(f"the {tc.dataset} training split has no images")
 
@@ -214,6 +225,9 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
         vocab = build_vocab(train_set, tc.min_count)
         config = model_config_for(tc.dataset, len(vocab), **(model_overrides or {}))
     model = Captioner(config)
+    for image_set in (train_set, val_set):  # photos become inputs as this model's encoder wants them
+        if hasattr(image_set, "resize"):
+            image_set.resize = config.resize
     if resume_data is None:
         if dist.enabled and tc.pretrained and not dist.is_main:
             dist.barrier()  # under torchrun rank 0 downloads --pretrained weights into the hub cache first
@@ -235,7 +249,9 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     objective_state: dict = {}  # hard attention: {"baseline": moving average b}, see batch_loss
     if resume_data is not None:
         ts = resume_data["train_state"]
-        model.load_state_dict(resume_data["state_dict"])
+        from .checkpoint import full_state_dict
+
+        model.load_state_dict(full_state_dict(resume_data, str(last_path)))
         optimizer.load_state_dict(ts["optimizer"])
         step, best, stale, lr_at.scale = ts["step"], ts["best_bleu4"], ts["stale"], ts["lr_scale"]
         _set_rng_state(ts["rng"])
@@ -329,7 +345,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = batch_loss(train_model, model_inputs(images), captions, vocab.pad, tc, objective_state,
+                losses = batch_loss(train_model, model_inputs(images, model.preprocessing), captions, vocab.pad, tc, objective_state,
                                     owners)
             if dist.any(not torch.isfinite(losses["loss"])):
                 stop_reason = "non-finite loss"

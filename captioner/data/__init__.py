@@ -26,14 +26,25 @@ def shapes_seed(split: str, seed: int = 0) -> int:
 
 
 def load_split(name: str, split: str, *, image_size: int, num_images: int | None = None, seed: int = 0,
-               data_root: str | None = None, split_file: str | None = None, strict: bool = False, log=None):
+               data_root: str | None = None, split_file: str | None = None, strict: bool = False, log=None,
+               images: str | None = None, resize: str | None = None):
     """The `split` ("train", "val" or "test") of data set `name` as an image set.
 
     Real data sets (coco, flickr8k, flickr30k) read `data_root`; with `split_file` (a Karpathy split
     file) the splits come from it. `num_images` keeps the first N images of the split (default all).
     Images that are missing, unreadable or outside the data root are skipped and reported on one line
     through `log` (default: stderr); `strict` makes that a `DataError` (a ValueError, one line).
+    `images` (flickr8k): the folder of the photos, when they are not in `data_root`. `resize`: the
+    model's `Preprocessing.resize` ("crop" by default; generated shapes images are square either way).
     """
+    image_set = _load_split(name, split, image_size=image_size, num_images=num_images, seed=seed,
+                            data_root=data_root, split_file=split_file, strict=strict, log=log, images=images)
+    if resize is not None and hasattr(image_set, "resize"):
+        image_set.resize = resize
+    return image_set
+
+
+def _load_split(name, split, *, image_size, num_images, seed, data_root, split_file, strict, log, images):
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; choose train, val or test")
     if name == "shapes":
@@ -51,7 +62,7 @@ def load_split(name: str, split: str, *, image_size: int, num_images: int | None
             if data_root is None or not (Path(data_root) / default).is_file():
                 raise DataError(f"{name} is read through its Karpathy split file: --split-file {default}")
             split_file = str(Path(data_root) / default)
-        return load_karpathy(split_file, data_root, split, name=name, **common)
+        return load_karpathy(split_file, images or data_root, split, name=name, **common)
     if name == "coco":
         from .coco import load_coco
 
@@ -59,7 +70,7 @@ def load_split(name: str, split: str, *, image_size: int, num_images: int | None
     if name == "flickr8k":
         from .flickr import load_flickr8k
 
-        return load_flickr8k(data_root, split, **common)
+        return load_flickr8k(data_root, split, images=images, **common)
     raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 

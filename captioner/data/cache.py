@@ -46,7 +46,7 @@ def weights_digest(module: torch.nn.Module) -> str:
     for name, tensor in module.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()
 
 
@@ -64,7 +64,8 @@ def images_key(images) -> dict:
 def cache_key(model, images) -> dict:
     c = model.config
     return {"format_version": VERSION, "encoder": c.encoder, "image_size": c.image_size,
-            "encoder_dim": c.encoder_dim, "grid_size": c.grid_size,
+            "encoder_dim": c.encoder_dim, "grid_size": c.grid_size, "encoder_layer": c.encoder_layer,
+            "resize": c.resize,
             "encoder_weights_sha256": weights_digest(model.encoder), **images_key(images)}
 
 
@@ -167,23 +168,29 @@ class _Single:
 
 
 def _build(model, images, folder: Path, key: dict, fp: str, *, device, batch_size: int, num_workers: int,
-           progress: bool, dist, log: Callable[[str], None]) -> None:
-    """Encode every image once; rank r encodes batches r, r + W, ... and writes their rows."""
+           progress: bool, dist, log: Callable[[str], None], also: tuple = ()) -> None:
+    """Encode every image once; rank r encodes batches r, r + W, ... and writes their rows.
+    `also`: further (layer, folder, key, fp) caches of other layers of the same EfficientNet-Lite
+    encoder, filled from the same pass (`build_layers`)."""
     from torch.utils.data import DataLoader
 
     from ..images import normalize
     from . import ImagesOnly, collate_images
 
-    n, grid, dim = len(images), model.config.grid_size, model.config.encoder_dim
-    shape = (n, grid * grid, dim)
-    row_bytes = shape[1] * shape[2] * 2
-    data_path = folder / DATA_FILE
-    if dist.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(data_path, "wb") as f:
-            f.truncate(n * row_bytes)  # sparse until written
-        _write_index(folder, {"format": FORMAT, "version": VERSION, "fingerprint": fp, "key": key,
-                              "shape": list(shape), "dtype": "float16", "complete": False})
+    n, grid = len(images), model.config.grid_size
+    targets = [(model.config.encoder_layer, folder, key, fp)] + list(also)
+    layers = [t[0] for t in targets]
+    shapes, row_bytes = [], []
+    for layer, folder_, key_, fp_ in targets:
+        shape = (n, grid * grid, key_["encoder_dim"])
+        shapes.append(shape)
+        row_bytes.append(shape[1] * shape[2] * 2)
+        if dist.is_main:
+            folder_.mkdir(parents=True, exist_ok=True)
+            with open(folder_ / DATA_FILE, "wb") as f:
+                f.truncate(n * row_bytes[-1])  # sparse until written
+            _write_index(folder_, {"format": FORMAT, "version": VERSION, "fingerprint": fp_, "key": key_,
+                                   "shape": list(shape), "dtype": "float16", "complete": False})
     dist.barrier()
     all_batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     mine = all_batches[dist.rank::dist.world_size]
@@ -200,29 +207,79 @@ def _build(model, images, folder: Path, key: dict, fp: str, *, device, batch_siz
     encoder = model.encoder
     was_training = encoder.training
     encoder.eval()
-    fd = os.open(data_path, os.O_WRONLY)
+    fds = [os.open(t[1] / DATA_FILE, os.O_WRONLY) for t in targets]
     try:
         with torch.inference_mode():
             for pixels, index in loader:
-                out = encoder(normalize(pixels.to(device, non_blocking=True)))             # (B, L, D)
-                out = out.float().clamp_(-FLOAT16_MAX, FLOAT16_MAX).to(torch.float16).cpu().numpy()
-                _pwrite_all(fd, np.ascontiguousarray(out).data.cast("B"), index[0] * row_bytes)  # consecutive rows
+                x = normalize(pixels.to(device, non_blocking=True), model.preprocessing)
+                outs = encoder.annotations_at(x, layers) if also else [encoder(x)]          # each (B, L, D)
+                for fd, out, rb in zip(fds, outs, row_bytes):
+                    out = out.float().clamp_(-FLOAT16_MAX, FLOAT16_MAX).to(torch.float16).cpu().numpy()
+                    _pwrite_all(fd, np.ascontiguousarray(out).data.cast("B"), index[0] * rb)  # consecutive rows
                 if bar is not None:
                     bar.update(len(index) * dist.world_size)
-        os.fsync(fd)
+        for fd in fds:
+            os.fsync(fd)
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
         encoder.train(was_training)
         if bar is not None:
             bar.close()
     dist.barrier()
     if dist.is_main:
-        _write_index(folder, {"format": FORMAT, "version": VERSION, "fingerprint": fp, "key": key,
-                              "shape": list(shape), "dtype": "float16", "complete": True,
-                              "build_seconds": round(time.time() - start, 1)})
-        log(f"cached features of {n} images in {folder} ({n * row_bytes / 2**30:.2f} GiB, "
-            f"{time.time() - start:.0f} s)")
+        for (layer, folder_, key_, fp_), shape, rb in zip(targets, shapes, row_bytes):
+            _write_index(folder_, {"format": FORMAT, "version": VERSION, "fingerprint": fp_, "key": key_,
+                                   "shape": list(shape), "dtype": "float16", "complete": True,
+                                   "build_seconds": round(time.time() - start, 1)})
+            log(f"cached features of {n} images in {folder_} ({n * rb / 2**30:.2f} GiB, "
+                f"{time.time() - start:.0f} s)")
     dist.barrier()
+
+
+def _location(model, images, cache_dir, split: str, config=None) -> tuple[Path, dict, str]:
+    key = cache_key(model, images)
+    if config is not None:  # another layer of the same encoder
+        key.update(encoder_layer=config.encoder_layer, encoder_dim=config.encoder_dim)
+    key.setdefault("split", split)
+    fp = fingerprint(key)
+    return Path(cache_dir) / f"{key.get('dataset', 'images')}-{split}-{fp[:16]}", key, fp
+
+
+def build_layers(model, images, cache_dir, split: str, layers, *, device="cpu", batch_size: int = 64,
+                 num_workers: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> list[Path]:
+    """Caches of several EfficientNet-Lite `layers` (see ModelConfig.encoder_layer) from one pass of
+    the encoder, each exactly where `open_or_build` looks for that layer's: for comparing layers
+    (bench/encoder_layers.py) at the cost of one. Returns the folders, in the order of `layers`."""
+    from ..config import lite_encoder_dim, replace
+
+    configs = [replace(model.config, encoder_layer=layer, encoder_dim=lite_encoder_dim(model.config.encoder, layer))
+               for layer in layers]
+    places = [_location(model, images, cache_dir, split, c) for c in configs]
+    missing = []
+    for layer, (folder, key, fp) in zip(layers, places):
+        try:
+            index = read_index(folder)
+            if index.get("complete") and index.get("fingerprint") == fp:
+                log(f"using cached features {folder}")
+                continue
+        except CacheError:
+            pass
+        missing.append((layer, folder, key, fp))
+    if missing:
+        first, rest = missing[0], tuple(missing[1:])
+        reader = replace(model.config, encoder_layer=first[0], encoder_dim=first[2]["encoder_dim"])
+        view = _ConfigView(model, reader)
+        _build(view, images, first[1], first[2], first[3], device=device, batch_size=batch_size,
+               num_workers=num_workers, progress=progress, dist=_Single(), log=log, also=rest)
+    return [p[0] for p in places]
+
+
+class _ConfigView:
+    """A model seen with another configuration (same encoder and preprocessing): for `_build`."""
+
+    def __init__(self, model, config):
+        self.encoder, self.config, self.preprocessing = model.encoder, config, model.preprocessing
 
 
 def open_or_build(model, images, cache_dir, split: str, *, device="cpu", batch_size: int = 64, num_workers: int = 0,
@@ -230,11 +287,7 @@ def open_or_build(model, images, cache_dir, split: str, *, device="cpu", batch_s
     """The FeatureSet of `images` under `model`'s encoder: reused when `cache_dir` already holds it
     (same fingerprint, complete), built otherwise."""
     dist = dist or _Single()
-    key = cache_key(model, images)
-    key.setdefault("split", split)
-    fp = fingerprint(key)
-    name = f"{key.get('dataset', 'images')}-{split}-{fp[:16]}"
-    folder = Path(cache_dir) / name
+    folder, key, fp = _location(model, images, cache_dir, split)
     try:
         index = read_index(folder)
         reuse = bool(index.get("complete")) and index.get("fingerprint") == fp
@@ -253,13 +306,14 @@ def open_or_build(model, images, cache_dir, split: str, *, device="cpu", batch_s
     return FeatureSet(folder, images.references, images.ids)
 
 
-def model_inputs(batch: torch.Tensor) -> torch.Tensor:
-    """A training batch as the model takes it: uint8 images (B, 3, H, W) -> ImageNet-normalised float;
-    cached float16 annotations (B, L, D) -> float32 (autocast, where on, lowers it again)."""
+def model_inputs(batch: torch.Tensor, preprocessing=None) -> torch.Tensor:
+    """A training batch as the model takes it: uint8 images (B, 3, H, W) -> float normalised as the
+    model's `preprocessing` says; cached float16 annotations (B, L, D) -> float32 (autocast, where
+    on, lowers it again)."""
     if batch.dtype == torch.uint8:
         from ..images import normalize
 
-        return normalize(batch)
+        return normalize(batch, preprocessing)
     return batch.float()
 
 

@@ -115,6 +115,7 @@ class FileImageSet:
     def __init__(self, name: str, split: str, root, paths: Sequence[str], references: Sequence[Sequence[str]],
                  ids: Sequence, image_size: int):
         self.name, self.split, self.image_size = name, split, image_size
+        self.resize = "crop"  # the model's Preprocessing.resize; training and evaluation set it
         self.root = str(root)
         self.relative_paths = list(paths)
         self.references = [list(r) for r in references]
@@ -136,7 +137,7 @@ class FileImageSet:
 
         path = os.path.join(self.root, self.relative_paths[i])
         try:
-            return preprocess(load_image(path), self.image_size)
+            return preprocess(load_image(path), self.image_size, self.resize)
         except ImageError as e:
             if self._warned < SHOWN_PATHS:
                 warn(f"warning: {path}: {e}; a blank image is used in its place")
@@ -149,7 +150,8 @@ class FileImageSet:
         import hashlib
 
         digest = hashlib.sha256("\n".join(self.relative_paths).encode()).hexdigest()
-        return {"dataset": self.name, "split": self.split, "images": len(self), "image_list_sha256": digest}
+        return {"dataset": self.name, "split": self.split, "images": len(self), "image_list_sha256": digest,
+                "resize": self.resize}
 
 
 def make_image_set(name: str, split: str, root, entries: Sequence[tuple[str, object, list[str]]], *,

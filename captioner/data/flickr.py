@@ -54,7 +54,9 @@ def read_tokens(path: Path) -> dict[str, list[str]]:
 
 
 def load_flickr8k(root, split: str, *, image_size: int, num_images: int | None = None, strict: bool = False,
-                  log=None):
+                  log=None, images=None):
+    """The split's photos and their five captions. `images`: the folder of the photos, if they are
+    not in ROOT (e.g. a shared read-only copy); they are read where they lie, never copied."""
     if root is None:
         raise DataError("flickr8k needs --data-root: the folder holding Flickr8k.token.txt, the split lists "
                         "and the images")
@@ -69,6 +71,12 @@ def load_flickr8k(root, split: str, *, image_size: int, num_images: int | None =
     if without:
         raise DataError(f"{_text_file(root, SPLIT_FILES[split])}: {len(without)} listed images have no captions "
                         f"in {TOKEN_FILE} (first: {without[0]})")
+    if images is not None:
+        photos = Path(images)
+        if not photos.is_dir():
+            raise DataError(f"{photos}: photo folder not found (or not a folder)")
+        entries = [(n, image_id_from_filename(n), captions[n]) for n in names]
+        return make_image_set("flickr8k", split, photos, entries, image_size=image_size, strict=strict, log=log)
     folder = image_folder(root, names)
     entries = [(f"{folder}/{n}" if folder else n, image_id_from_filename(n), captions[n]) for n in names]
     return make_image_set("flickr8k", split, root, entries, image_size=image_size, strict=strict, log=log)
