@@ -52,6 +52,9 @@ TRAIN_HELP = {
     "amp": "on CUDA, run the training step under bf16 autocast (--no-amp: float32)",
     "pretrained": "start the VGG encoder from torchvision's ImageNet weights (downloads once)",
     "encoder_weights": "start the VGG encoder from this local torchvision state_dict file",
+    "from_scratch": "real data: train the encoder from random weights. Without it a real data set needs a "
+                    "pretrained encoder (--pretrained, --encoder-weights, or an always-pretrained encoder), as "
+                    "the paper's frozen ImageNet network",
     "finetune_encoder": "with pretrained weights: also train the encoder's last convolutional block",
     "freeze_encoder": "train the decoder only",
     "baseline_decay": "hard attention: decay of the moving-average log-likelihood baseline",

@@ -123,6 +123,7 @@ class TrainConfig:
     # encoder
     pretrained: bool = False
     encoder_weights: str | None = None
+    from_scratch: bool = False      # real data: train the encoder from random weights (else a pretrained one is required)
     finetune_encoder: bool = False  # for pretrained VGG: train the last conv block too
     freeze_encoder: bool = False    # train the decoder only (features may come from a cache)
     # hard attention (sec. 4.1)
@@ -163,6 +164,9 @@ class TrainConfig:
             raise ValueError(f"expectation_prob must be in [0, 1], got {self.expectation_prob}")
         if not 0.0 <= self.baseline_decay < 1.0:
             raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
+        if self.from_scratch and (self.pretrained or self.encoder_weights):
+            raise ValueError("--from-scratch trains the encoder from random weights; it cannot go with --pretrained "
+                             "or --encoder-weights")
         if self.expectation_warmup < 0:
             raise ValueError(f"expectation_warmup must be zero or more, got {self.expectation_warmup}")
 

