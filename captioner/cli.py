@@ -82,7 +82,8 @@ MODEL_HELP = {
     "gate": "use the gating scalar beta (sec. 4.2.1)",
     "dropout": "dropout before the deep output layer",
     "positional": f"positional encoding added to the annotations: {', '.join(POSITIONAL)}",
-    "max_len": "longest caption in decoding steps (<end> included)",
+    "max_len": "most decoding steps, <end> included: captions of up to this - 1 words (training leaves out "
+               "longer references)",
     "local_sigma": "local attention: Gaussian window width in grid cells",
     "hard_test": "hard attention at test time: expected (soft context) or argmax (most likely location)",
 }

@@ -43,7 +43,8 @@ class ModelConfig:
     gate: bool = True               # the gating scalar beta of sec. 4.2.1
     dropout: float = 0.5            # before the deep output layer (sec. 5.2)
     positional: str = "none"        # add a 2-D sinusoidal encoding to the annotations ("sine")
-    max_len: int = 20               # longest caption in words, without <start>/<end>
+    max_len: int = 20               # most decoding steps, <end> included: captions of up to max_len - 1 words
+                                    # (training drops longer references; decoding stops here unfinished)
     local_sigma: float = 1.0        # local attention: Gaussian window width, in grid cells
     hard_test: str = "expected"     # hard attention at test time: "expected" context or "argmax" location
 

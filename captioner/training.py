@@ -283,6 +283,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
                                                          dist, log)
     pairs = CaptionPairs(train_source, vocab, config.max_len, tokens=references_tokens(train_set))
     forget_tokens(train_set)
+    log(data_summary(tc.dataset, train_set, pairs, val_set, config.max_len))
     # reference_loss "each": a batch is tc.batch_size (image, caption) pairs; "any": tc.batch_size
     # images with all their references (the objective is then per image, see losses.caption_loss).
     if tc.reference_loss == "any":
@@ -425,6 +426,16 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     recorder.finish(model, step)
     return {"steps": step, "best_bleu4": best, "stop": stop_reason, "last": history_tail,
             "best_checkpoint": str(best_path), "seconds": time.time() - start_time}
+
+
+def data_summary(dataset: str, train_set, pairs, val_set, max_len: int) -> str:
+    """The one line training prints about its data before the first step."""
+    used = len(np.unique(pairs.image_index))
+    line = (f"data: {dataset} train {len(train_set)} images, {len(pairs)} captions of at most {max_len - 1} words "
+            f"({pairs.dropped} longer ones dropped")
+    if used < len(train_set):
+        line += f"; {len(train_set) - used} images left without a caption"
+    return line + f"); validation {len(val_set)} images, references whole"
 
 
 def _quiet(*args, **kwargs) -> None:

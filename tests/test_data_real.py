@@ -121,9 +121,36 @@ def test_vocabulary_excludes_words_seen_only_in_val_or_test(tmp_path):
     # A minimum count: "restval" occurs twice (two restval images), "square" far more often.
     vocab3 = build_vocab(train, min_count=3)
     assert "square" in vocab3 and "restval" not in vocab3
-    pairs = CaptionPairs(train, vocab3, max_len=5)
-    assert len(pairs) == sum(len(r) for r in train.references)
-    assert max(len(pairs.caption(k)) for k in range(len(pairs))) <= 5 + 1   # <start> + 4 words + <end>
+    pairs = CaptionPairs(train, vocab3, max_len=8)
+    assert len(pairs) == sum(len(r) for r in train.references) and pairs.dropped == 0
+    assert max(len(pairs.caption(k)) for k in range(len(pairs))) <= 8 + 1   # <start> + 7 words + <end>
+
+
+def test_training_leaves_out_references_longer_than_max_len_and_says_how_many(tmp_path, capsys, one_thread):
+    from captioner.data import references_tokens
+
+    make_karpathy(tmp_path / "k", "flickr30k")
+    train = load_split("flickr30k", "train", image_size=32, data_root=tmp_path / "k")
+    vocab = build_vocab(train, min_count=1)
+    tokens = references_tokens(train)
+    lengths = [len(r) for refs in tokens for r in refs]
+    assert min(lengths) <= 4 < max(lengths)          # the fixture has both kinds at max_len 5
+    pairs = CaptionPairs(train, vocab, max_len=5)
+    kept = [vocab.encode(r) for refs in tokens for r in refs if len(r) <= 4]
+    assert pairs.dropped == sum(n > 4 for n in lengths) and len(pairs) == len(kept)
+    # Never cut: every training caption is a whole reference, <start> .. <end>.
+    assert sorted(pairs.caption(k).tolist() for k in range(len(pairs))) == sorted(kept)
+    # The first line of training counts them; validation still scores against whole references.
+    out = tmp_path / "run"
+    flags = list(TINY)
+    flags[flags.index("--steps") + 1] = "2"
+    code, stdout, stderr = train_in_process(capsys, "--dataset", "flickr30k", "--data-root", tmp_path / "k",
+                                            "--out-dir", out, "--max-len", "5", *flags)
+    assert code == 0, stderr
+    summary = next(line for line in stdout.splitlines() if line.startswith("data: "))
+    assert f"{len(kept)} captions of at most 4 words ({pairs.dropped} longer ones dropped" in summary
+    val = load_split("flickr30k", "val", image_size=32, data_root=tmp_path / "k")
+    assert max(len(r) for refs in references_tokens(val) for r in refs) > 4
 
 
 # ---------------------------------------------------------------------------------------------
