@@ -65,7 +65,8 @@ TRAIN_HELP = {
                           "(soft attention) before the per-batch coin and sampling start",
     "resume": "continue the run in --out-dir from its last.pt (a new run if it has none yet); without it, an "
               "--out-dir that already holds a run is refused rather than overwritten",
-    "log_every": "steps between progress-bar loss updates",
+    "log_every": "steps between loss reports: the progress bar's loss and nll (their mean over those steps), or "
+                 "with --no-progress one line each",
     "progress": "show a progress bar",
 }
 

@@ -347,6 +347,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     model.train()
     start_time, stop_reason = time.time(), "finished"
     running = dict(resume_data["train_state"].get("running", {})) if resume_data is not None else {}
+    window: dict = {}  # losses summed since the last --log-every report
     batches = batches_from(step)
     try:
         while step < tc.steps:
@@ -376,11 +377,20 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
             step += 1
             for k in ("loss", "nll", "reg"):
                 running[k] = running.get(k, 0.0) + losses[k].item()
+                window[k] = window.get(k, 0.0) + losses[k].item()
             running["n"] = running.get("n", 0) + 1
+            window["n"] = window.get("n", 0) + 1
             if progress is not None:
                 progress.update(1)
-                if step % 10 == 0:
-                    progress.set_postfix(loss=f"{losses['loss'].item():.3f}", nll=f"{losses['nll'].item():.3f}")
+            if step % tc.log_every == 0:  # the mean of the steps since the last report (this process's)
+                n = window.pop("n")
+                mean = {k: window[k] / n for k in ("loss", "nll")}
+                window = {}
+                if progress is not None:
+                    progress.set_postfix(loss=f"{mean['loss']:.3f}", nll=f"{mean['nll']:.3f}")
+                else:
+                    log(f"step {step}: loss {mean['loss']:.3f}, nll {mean['nll']:.3f} (mean of the last {n} steps), "
+                        f"lr {lr_at(step - 1):.2e}")
             if step % tc.eval_every == 0 or step == tc.steps:
                 scores = evaluate()
                 n = max(1, running.pop("n", 1))
