@@ -24,7 +24,7 @@ from .data.batching import LengthGroupedBatches
 from .data.batching import steps_per_epoch as steps_per_epoch_for
 from .data.cache import model_inputs
 from .inference import caption_set, score_captions
-from .losses import caption_loss, hard_attention_loss, update_baseline
+from .losses import caption_loss, hard_attention_loss, sentence_log_likelihood, update_baseline
 from .model import Captioner
 from .vocab import Vocabulary, tokenize
 
@@ -169,9 +169,17 @@ def batch_loss(model, inputs: torch.Tensor, captions: torch.Tensor, pad_id: int,
     expected = expected or state["batches"] <= tc.expectation_warmup
     logits, alphas, _, trace = model(inputs, captions[:, :-1], hard_mode="expected" if expected else "sample",
                                      return_trace=True)
+    posterior = None
+    if owners is not None and not expected:
+        # The weight of each reference within its image (reference_loss "any") from a second pass
+        # with its own, independent samples: from the samples of the REINFORCE term it would bias
+        # that term (losses.hard_attention_loss). No gradient flows through it; it bypasses DDP.
+        with torch.no_grad():
+            again = getattr(model, "module", model)(inputs, captions[:, :-1], hard_mode="sample")[0]
+            posterior = sentence_log_likelihood(again, captions[:, 1:], pad_id)
     losses = hard_attention_loss(logits, alphas, captions[:, 1:], pad_id, trace.entropies, trace.log_p_locations,
                                  state.get("baseline"), tc.doubly_stochastic, tc.reinforce_weight,
-                                 tc.entropy_weight, owners, num_images)
+                                 tc.entropy_weight, owners, num_images, posterior)
     if not expected:  # b estimates E[log p(y | s~, a)] under sampling: only sampled batches move it
         state["baseline"] = update_baseline(state.get("baseline"), losses["log_likelihood"].item(),
                                             tc.baseline_decay)
