@@ -5,8 +5,9 @@ hypotheses go through the decoder together (k rows, k shrinking as hypotheses fi
 beam's bookkeeping (which hypothesis extends which, which ones finished) is a Python loop over a
 list of hypotheses. `tutorial_beam_search` below is written that way, on our model's own
 `init_state` / `step` (same weights) and with the same search rules as
-`captioner.beam.beam_search` (<pad>/<start> never emitted; a finished hypothesis keeps its score and
-its place among the K best; best = highest log-probability), so the captions must be identical.
+`captioner.beam.beam_search` (<pad>/<start> never emitted; a finished hypothesis leaves the beam for
+a pool and the beam narrows to K - finished, as arctic-captions' gen_sample does; best = highest
+log-probability among the pool and the live ones at max_len), so the captions must be identical.
 It is never used by the package.
 
     python bench/tutorial_reference.py [--images 32] [--beam-size 3] [--repeats 3] [--end-to-end]
@@ -62,41 +63,36 @@ def tutorial_beam_search(model, annotations: torch.Tensor, vocab, beam_size: int
     results = []
     for b in range(annotations.shape[0]):                       # one image at a time
         state = model.init_state(annotations[b:b + 1])          # 1 row: the empty hypothesis
-        hyps = [Hypothesis([], 0.0, [], [], False, 0)]
+        hyps = [Hypothesis([], 0.0, [], [], False, 0)]        # the live ones
+        done: list[Hypothesis] = []                             # finished: out of the beam for good
         for _ in range(max_len):
-            live = [h for h in hyps if not h.finished]
-            if not live:
+            if not hyps or len(done) >= K:
                 break
-            tokens = torch.tensor([h.tokens[-1] if h.tokens else vocab.start for h in live])
+            tokens = torch.tensor([h.tokens[-1] if h.tokens else vocab.start for h in hyps])
             out, state = model.step(tokens, state)              # k_live rows
             log_probs = torch.log_softmax(out.logits.float(), dim=-1)
             log_probs[:, vocab.pad] = float("-inf")
             log_probs[:, vocab.start] = float("-inf")
-            rows = []
-            for h in hyps:                                      # the candidates of every hypothesis
-                if h.finished:                                  # may only "emit" <pad>, at no cost
-                    row = torch.full((V,), float("-inf"))
-                    row[vocab.pad] = h.score
-                else:
-                    row = h.score + log_probs[h.row]
-                rows.append(row)
-            top, flat = torch.cat(rows).topk(min(K, len(rows) * V))
+            rows = torch.cat([h.score + log_probs[h.row] for h in hyps])   # the candidates of every live one
+            top, flat = rows.topk(min(K - len(done), len(rows)))          # the beam narrows as ones finish
             new_hyps, keep = [], []
             for score, index in zip(top.tolist(), flat.tolist()):
-                parent, word = hyps[index // V], index % V
-                if parent.finished:
-                    new_hyps.append(dataclasses.replace(parent, tokens=parent.tokens + [vocab.pad], score=score))
+                if score == float("-inf"):
                     continue
-                done = word == vocab.end
-                new_hyps.append(Hypothesis(parent.tokens + [word], score,
-                                           parent.alphas + [out.alphas[parent.row].float()],
-                                           parent.betas + [float(out.beta[parent.row])], done,
-                                           -1 if done else len(keep)))
-                if not done:
+                parent, word = hyps[index // V], index % V
+                done_now = word == vocab.end
+                hyp = Hypothesis(parent.tokens + [word], score, parent.alphas + [out.alphas[parent.row].float()],
+                                 parent.betas + [float(out.beta[parent.row])], done_now,
+                                 -1 if done_now else len(keep))
+                if done_now:
+                    done.append(hyp)
+                else:
+                    new_hyps.append(hyp)
                     keep.append(parent.row)
             hyps = new_hyps
             if keep:                                            # the state rows of the new live hypotheses
                 state = state.index_select(torch.tensor(keep))
+        hyps = done + hyps                                      # the live ones reached max_len
         best = max(hyps, key=lambda h: h.score)
         words = vocab.decode(best.tokens)
         results.append({"words": words, "log_prob": best.score,

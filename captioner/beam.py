@@ -6,7 +6,13 @@ Dimensions:
 
 All images advance together as (B, K) tensors; there is no Python loop over images or beams.
 Greedy decoding is beam size 1. A hypothesis stops at <end> or after `max_len` steps (the
-<end> token counts as a step); one that never emits <end> is returned as it stands.
+<end> token counts as a step). As in the authors' code (arctic-captions, capgen.py gen_sample), a
+hypothesis that emits <end> leaves the beam for a pool of finished ones and the image's beam
+narrows to K - (number finished): a finished caption can never be pushed out by extensions of
+better live beams, which would let the search return an unfinished caption worse than one it had
+found. The search of an image ends when K have finished or at `max_len`; the caption is the best
+(after the optional length normalisation) of the pool and of the live beams left at `max_len`
+(those are returned unfinished), and `candidates` lists all of them, at most K.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .vocab import Vocabulary
 
 
 @dataclass
 class Caption:
-    """The best hypothesis for one image, with the beam's other candidates."""
+    """The best hypothesis for one image, with the search's other candidates (the finished ones and
+    the live ones left at max_len, at most the beam size)."""
 
     words: list[str]
     log_prob: float                  # sum of the log-probabilities of the emitted tokens (<end> included)
@@ -29,7 +37,7 @@ class Caption:
     alphas: torch.Tensor             # (len(words), L) attention map of every word
     betas: torch.Tensor              # (len(words),) gating scalar of every word
     finished: bool                   # False when max_len was reached without <end>
-    candidates: list[tuple[list[str], float]] = field(default_factory=list)  # (words, log_prob), best first
+    candidates: list[tuple[list[str], float]] = field(default_factory=list)  # (words, log_prob), best (score) first
     # (len(words),) long: the grid cell (row-major) each word attended, where the mechanism has one:
     # hard attention's location (argmax, or the sample in training mode), local attention's window
     # centre cell; None for soft attention.
@@ -58,6 +66,7 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     B, L, _ = annotations.shape
     K, V = beam_size, len(vocab)
     device = annotations.device
+    inf = float("-inf")
 
     rows = torch.arange(B, device=device).repeat_interleave(K)                    # (N,) image of each row
     # The K beams of an image start from the same state and word, so the first step runs once per
@@ -71,29 +80,35 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     if mask is not None:
         mask = mask.index_select(0, rows)
 
-    # Only beam 0 is alive at first, so the first step does not pick K copies of one word.
-    scores = torch.full((B, K), float("-inf"), device=device)
+    # Live hypotheses: K slots per image; a slot with score -inf holds none. Only beam 0 is alive
+    # at first, so the first step does not pick K copies of one word.
+    scores = torch.full((B, K), inf, device=device)
     scores[:, 0] = 0.0
-    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
     history = torch.zeros(B, K, 0, dtype=torch.long, device=device)
     alpha_hist = torch.zeros(B, K, 0, L, device=device)
     beta_hist = torch.zeros(B, K, 0, device=device)
     loc_hist = torch.zeros(B, K, 0, dtype=torch.long, device=device)              # -1: no location
-
-    # A finished hypothesis may only "emit" <pad>, at no cost: its score stays frozen.
-    frozen = torch.full((V,), float("-inf"), device=device)
-    frozen[vocab.pad] = 0.0
+    # The pool of finished hypotheses (arctic-captions' gen_sample: `sample`, `dead_k`): a
+    # hypothesis that emits <end> leaves the beam for good, so extensions of other beams can never
+    # push it out, and the image's live beam narrows to K - (number finished). Up to K per image.
+    done = torch.zeros(B, dtype=torch.long, device=device)                         # (B,) dead_k
+    pool_scores = torch.full((B, K), inf, device=device)
+    pool_tokens = torch.full((B, K, max_len), vocab.pad, dtype=torch.long, device=device)
+    pool_alphas = torch.zeros(B, K, max_len, L, device=device)
+    pool_betas = torch.zeros(B, K, max_len, device=device)
+    pool_locs = torch.full((B, K, max_len), -1, dtype=torch.long, device=device)
+    pool_length = torch.zeros(B, K, dtype=torch.long, device=device)
+    rank = torch.arange(K, device=device)
     image_offset = (torch.arange(B, device=device) * K).unsqueeze(1)              # (B, 1)
 
     for step in range(max_len):
         out, state = (first, state) if step == 0 else model.step(tokens, state, mask)
         log_probs = torch.log_softmax(out.logits.float(), dim=-1)                 # (N, V)
-        log_probs[:, vocab.pad] = float("-inf")                                   # never generated
-        log_probs[:, vocab.start] = float("-inf")
-        log_probs = log_probs.view(B, K, V)                                       # (N, V) -> (B, K, V)
-        log_probs = torch.where(finished.unsqueeze(-1), frozen, log_probs)
-        candidates = (scores.unsqueeze(-1) + log_probs).view(B, K * V)            # (B, K, V) -> (B, K*V)
-        scores, flat = candidates.topk(K, dim=1)                                  # (B, K)
+        log_probs[:, vocab.pad] = inf                                             # never generated
+        log_probs[:, vocab.start] = inf
+        candidates = (scores.unsqueeze(-1) + log_probs.view(B, K, V)).view(B, K * V)  # (B, K, V) -> (B, K*V)
+        scores, flat = candidates.topk(K, dim=1)                                  # (B, K), best first
+        scores = scores.masked_fill(rank >= (K - done).unsqueeze(1), inf)         # keep the K - dead_k best
         # Which beam each survivor extends, and with which word. Floor division on integer
         # tensors, never true division: float indices would silently be wrong.
         parent = torch.div(flat, V, rounding_mode="floor")                        # (B, K)
@@ -113,32 +128,57 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
                      else torch.full((B, K), -1, dtype=torch.long, device=device))  # (N,) -> (B, K)
         loc_hist = torch.cat([loc_hist.gather(1, parent.unsqueeze(-1).expand_as(loc_hist)),
                               step_locs.unsqueeze(-1)], dim=2)
-        finished = finished.gather(1, parent) | (word == vocab.end)
-        tokens = word.view(-1)
-        if bool(finished.all()):
+
+        ended = (word == vocab.end) & (scores > inf)                              # (B, K)
+        alive = (word != vocab.end) & (scores > inf)
+        any_ended, any_alive = torch.stack([ended.any(), alive.any()]).tolist()   # one sync per step
+        if any_ended:                                                             # into the pool
+            b, k = ended.nonzero(as_tuple=True)
+            slot = (done.unsqueeze(1) + ended.long().cumsum(dim=1) - 1)[b, k]     # next free places, in rank order
+            n = step + 1                                                          # tokens, <end> included
+            pool_scores[b, slot] = scores[b, k]
+            pool_length[b, slot] = n
+            pool_tokens[b, slot, :n] = history[b, k]
+            pool_alphas[b, slot, :n] = alpha_hist[b, k]
+            pool_betas[b, slot, :n] = beta_hist[b, k]
+            pool_locs[b, slot, :n] = loc_hist[b, k]
+            done = done + ended.sum(dim=1)
+            scores = scores.masked_fill(ended, inf)
+        if not any_alive:                                                         # every image has K finished
             break
+        tokens = word.view(-1)
 
-    # Length of each hypothesis in tokens, <end> included (pads after it are not counted).
-    emitted = (history != vocab.pad).sum(dim=2)                                    # (B, K)
-    ranked = _normalise(scores, emitted, length_penalty)
-    order = ranked.argsort(dim=1, descending=True)                                 # (B, K)
+    # What is left alive reached max_len without <end>: it joins the finished ones (gen_sample
+    # "dumps every remaining one"), and the best of them all is the caption. Together at most K.
+    S = history.shape[2]
+    grow = max_len - S                                                            # 0 unless the loop broke
+    every = torch.cat([pool_scores, scores], dim=1)                               # (B, 2K)
+    length = torch.cat([pool_length, torch.full_like(pool_length, S)], dim=1)
+    tokens_all = torch.cat([pool_tokens, F.pad(history, (0, grow), value=vocab.pad)], dim=1)
+    alphas_all = torch.cat([pool_alphas, F.pad(alpha_hist, (0, 0, 0, grow))], dim=1)
+    betas_all = torch.cat([pool_betas, F.pad(beta_hist, (0, grow))], dim=1)
+    locs_all = torch.cat([pool_locs, F.pad(loc_hist, (0, grow), value=-1)], dim=1)
+    finished = torch.cat([torch.ones_like(pool_scores, dtype=torch.bool),
+                          torch.zeros_like(scores, dtype=torch.bool)], dim=1)
+    ranked = _normalise(every, length, length_penalty)
+    # Empty slots rank last whatever the normalisation (their score stays -inf).
+    order = ranked.masked_fill(every == inf, inf).argsort(dim=1, descending=True)  # (B, 2K)
 
-    history, scores, ranked = history.cpu(), scores.cpu(), ranked.cpu()
-    alpha_hist, beta_hist, finished, order = alpha_hist.cpu(), beta_hist.cpu(), finished.cpu(), order.cpu()
-    loc_hist = loc_hist.cpu()
-    has_locations = bool((loc_hist >= 0).any())
+    every, ranked, order, tokens_all = every.cpu(), ranked.cpu(), order.cpu(), tokens_all.cpu()
+    alphas_all, betas_all, locs_all, finished = alphas_all.cpu(), betas_all.cpu(), locs_all.cpu(), finished.cpu()
+    has_locations = bool((locs_all >= 0).any())
     results = []
     for b in range(B):  # unpacking into Python objects only; the search itself is batched
         cands = []
         for k in order[b].tolist():
-            if scores[b, k] == float("-inf"):
-                continue
-            cands.append((vocab.decode(history[b, k].tolist()), float(scores[b, k])))
+            if every[b, k] == inf:
+                break
+            cands.append((vocab.decode(tokens_all[b, k].tolist()), float(every[b, k])))
         best = int(order[b, 0])
-        words = vocab.decode(history[b, best].tolist())
+        words = vocab.decode(tokens_all[b, best].tolist())
         n = len(words)
-        results.append(Caption(words=words, log_prob=float(scores[b, best]), score=float(ranked[b, best]),
-                               alphas=alpha_hist[b, best, :n], betas=beta_hist[b, best, :n],
+        results.append(Caption(words=words, log_prob=float(every[b, best]), score=float(ranked[b, best]),
+                               alphas=alphas_all[b, best, :n], betas=betas_all[b, best, :n],
                                finished=bool(finished[b, best]), candidates=cands,
-                               locations=loc_hist[b, best, :n] if has_locations else None))
+                               locations=locs_all[b, best, :n] if has_locations else None))
     return results

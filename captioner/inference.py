@@ -55,13 +55,16 @@ def caption_set(model, images, vocab, beam_size: int = 3, batch_size: int = 64, 
 
 
 def score_captions(captions: list[Caption], images, grid_size: int) -> dict[str, float]:
-    """Multi-reference BLEU-1..4 (coco-caption style) and, on shapes, attention localisation."""
-    from .metrics import corpus_bleu
-    from .vocab import tokenize
+    """Multi-reference BLEU-1..4 and, on shapes, attention localisation: training's validation.
 
-    references = [[tokenize(r) for r in refs] for refs in images.references]
-    bleu = corpus_bleu([c.words for c in captions], references)
-    scores = {f"Bleu_{k + 1}": b for k, b in enumerate(bleu)}
+    BLEU comes from the function `python -m captioner.evaluate` scores with (`metrics.coco_scores`,
+    the coco-caption toolkit's PTB tokenisation of the caption text and of the whole references,
+    Java's where it is installed), so the BLEU-4 that picks best.pt is the one evaluation reports
+    for the same captions, not a second tokenisation's (NLTK's, which drops tokens such as "&")."""
+    from .metrics import BLEU, coco_scores
+
+    scores = dict(coco_scores([c.text for c in captions], [list(refs) for refs in images.references],
+                              metrics=BLEU).overall)
     if hasattr(images, "objects"):
         from .data.shapes import attention_localization
 

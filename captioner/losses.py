@@ -49,13 +49,18 @@ def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: torch.Tens
 
 
 def _caption_weights(log_likelihood: torch.Tensor, valid: torch.Tensor, owners: torch.Tensor | None,
-                     num_images: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     num_images: int | None, posterior_log_likelihood: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What both objectives weight and divide by: (per-caption weight (B,), the negative
     log-likelihood summed, the divisor). Each caption on its own (`owners` None): weights 1,
-    -sum log p(y), the number of target tokens. With `owners`: `reference_weights`."""
+    -sum log p(y), the number of target tokens. With `owners`: `reference_weights`, computed from
+    `posterior_log_likelihood` where given (hard attention: a pass with independent samples)."""
     if owners is None:
         return torch.ones_like(log_likelihood), -log_likelihood.sum(), valid.sum().clamp_min(1)
-    weights, image_ll, tokens = reference_weights(log_likelihood, valid.sum(dim=1), owners, num_images)
+    lengths = valid.sum(dim=1)
+    weights, image_ll, tokens = reference_weights(log_likelihood, lengths, owners, num_images)
+    if posterior_log_likelihood is not None:
+        weights = reference_weights(posterior_log_likelihood.detach(), lengths, owners, num_images)[0]
     return weights, -image_ll.sum(), tokens
 
 
@@ -89,7 +94,8 @@ def hard_attention_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: tor
                         entropies: torch.Tensor, log_p_locations: torch.Tensor | None, baseline: float | None,
                         doubly_stochastic_weight: float = 1.0, reinforce_weight: float = 1.0,
                         entropy_weight: float = 0.0, owners: torch.Tensor | None = None,
-                        num_images: int | None = None) -> dict[str, torch.Tensor]:
+                        num_images: int | None = None,
+                        posterior_log_likelihood: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The surrogate loss whose gradient is eq. (12)'s estimator of the variational lower bound
     L_s = sum_s p(s | a) log p(y | s, a) (sec. 4.1), negated, for one batch of sampled locations s~:
 
@@ -108,13 +114,20 @@ def hard_attention_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: tor
     (reference_loss "any", see `caption_loss`) each caption's terms are weighted by its posterior
     weight among its image's references (`reference_weights`), which turns every per-caption
     gradient above into one of -log sum_r p(y_r | a); the reward stays each caption's own.
+    Those weights must not come from the sampled locations s~ whose score function carries the
+    REINFORCE term: w_r(s~) (log p(y_r | s~, a) - b) d log p(s~ | a)/dW has an expectation other
+    than E[w_r] times eq. (12)'s, since the weight rises exactly where the reward does (a biased
+    estimator). `posterior_log_likelihood` (R,), log p(y_r | s', a) under independent samples s'
+    (`training.batch_loss` runs a second, gradient-free pass), gives them instead; None uses this
+    pass's (right for the expected context, which samples nothing).
 
     logits (B, T, V), alphas (B, T, L), targets (B, T), entropies (B, T) -> {'loss', 'nll', 'reg',
     'tokens', 'log_likelihood' (mean log p(y | s~, a), detached), 'entropy' (mean H per word)}.
     """
     valid = targets != pad_id                                                        # (B, T)
     log_likelihood = sentence_log_likelihood(logits, targets, pad_id)               # (B,)
-    caption_weight, nll_sum, tokens = _caption_weights(log_likelihood, valid, owners, num_images)
+    caption_weight, nll_sum, tokens = _caption_weights(log_likelihood, valid, owners, num_images,
+                                                       posterior_log_likelihood)
     reg = doubly_stochastic(alphas.float(), valid)                                   # (B,)
     weights = valid.to(torch.float32)
     entropy = (entropies.float() * weights).sum(dim=1)                               # (B,) sum_t H[alpha_t]

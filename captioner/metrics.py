@@ -467,8 +467,11 @@ class CocoScores:
     warnings: list[str] = field(default_factory=list)
 
 
-def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], java: bool | None = None
-                ) -> CocoScores:
+BLEU = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
+
+
+def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], java: bool | None = None,
+                metrics: Sequence[str] = METRICS) -> CocoScores:
     """Score raw captions (one hypothesis and one or more references per image) as the coco-caption
     toolkit's COCOEvalCap does: PTB tokenisation, then BLEU-1..4, METEOR, ROUGE-L and CIDEr-D, on
     the toolkit's scale (fractions). SPICE is not computed (it needs a Stanford CoreNLP download).
@@ -477,7 +480,13 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
     pure-Python tokenisation without METEOR; False forces that fallback; True requires Java
     (raises JavaError without it). METEOR's Java process starts first and scores in a thread, so
     its start-up and scoring overlap the tokenisation and the other metrics.
+    `metrics`: the ones to compute (default all); the tokenisation is the same whatever is asked,
+    so training's validation (`inference.score_captions`, BLEU only) gets the BLEU of evaluation.
     """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    want_meteor = "METEOR" in metrics
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
     if not hypotheses:
@@ -486,17 +495,17 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
         raise ValueError("an image has no references")
     warnings: list[str] = []
     use_java = java_available() if java is None else java
-    if java is None and not use_java:
+    if want_meteor and java is None and not use_java:
         warnings.append("METEOR: omitted: Java was not found on PATH (the toolkit's METEOR and PTB tokeniser "
                         "are Java programs); BLEU, ROUGE-L and CIDEr use the pure-Python PTB tokenisation")
-    elif java is False:
+    elif want_meteor and java is False:
         warnings.append("METEOR: omitted (Java not used); BLEU, ROUGE-L and CIDEr use the pure-Python PTB "
                         "tokenisation")
     scorer, meteor_result, worker = None, {}, None
     try:
         if use_java:
             try:
-                scorer = _start_meteor()
+                scorer = _start_meteor() if want_meteor else None
             except JavaError as e:
                 if java:
                     raise
@@ -517,8 +526,10 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
             worker = threading.Thread(target=run_meteor, name="meteor", daemon=True)
             worker.start()
         bleu, bleu_each = bleu_scores(hyp_tokens, ref_tokens)
-        rouge_each = [rouge_l(h, refs) for h, refs in zip(hyp_tokens, ref_tokens)]
-        cider, cider_each = cider_d(hyp_tokens, ref_tokens)
+        rouge_each = ([rouge_l(h, refs) for h, refs in zip(hyp_tokens, ref_tokens)] if "ROUGE_L" in metrics
+                      else [0.0] * len(hyp_tokens))
+        cider, cider_each = (cider_d(hyp_tokens, ref_tokens) if "CIDEr" in metrics
+                             else (0.0, [0.0] * len(hyp_tokens)))
     finally:
         if worker is not None:
             worker.join()
@@ -537,8 +548,8 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
     overall["CIDEr"] = cider
     for row, r, c in zip(per_image, rouge_each, cider_each):
         row["ROUGE_L"], row["CIDEr"] = r, c
-    return CocoScores({k: overall[k] for k in METRICS if k in overall},
-                      [{k: row[k] for k in METRICS if k in row} for row in per_image],
+    return CocoScores({k: overall[k] for k in METRICS if k in overall and k in metrics},
+                      [{k: row[k] for k in METRICS if k in row and k in metrics} for row in per_image],
                       "java-ptb" if use_java else "python-ptb", warnings)
 
 

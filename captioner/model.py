@@ -34,6 +34,22 @@ class Captioner(nn.Module):
         """How photos become this model's input (size, resize rule, normalisation): `encoder.Preprocessing`."""
         return preprocessing_for(self.config)
 
+    def train(self, mode: bool = True) -> "Captioner":
+        """Training mode for what is trained; a frozen part of the encoder stays in eval mode.
+
+        The paper's encoder is a fixed ImageNet network (sec. 3.1.1, 4.3): its batch-norm layers
+        must keep their ImageNet running statistics (train mode would update them from every
+        batch, so a "frozen" encoder would drift) and any dropout in it must stay off. A module of
+        the encoder whose parameters all have requires_grad=False (the whole encoder when frozen,
+        the blocks before the last one under --finetune-encoder) is put back in eval mode. Decided
+        from requires_grad at every call, so it holds for any encoder and however the parts were
+        frozen; `caption_set`'s train(was_training) after validation goes through here too."""
+        super().train(mode)
+        if mode:
+            for module in _frozen_subtrees(self.encoder):
+                module.eval()
+        return self
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images normalised as `self.preprocessing` says (B, 3, H, W) -> annotation vectors (B, L, D)."""
         return self.encoder(images)
@@ -57,3 +73,15 @@ class Captioner(nn.Module):
     @property
     def grid_size(self) -> int:
         return self.config.grid_size
+
+
+def _frozen_subtrees(module: nn.Module):
+    """The largest submodules of `module` (itself included) that hold parameters, all frozen.
+    A parameter-free module (ReLU, pooling, dropout) counts as frozen only inside a frozen parent,
+    so dropout beside trained layers keeps training."""
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        yield module
+        return
+    for child in module.children():
+        yield from _frozen_subtrees(child)

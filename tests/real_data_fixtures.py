@@ -14,7 +14,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 100, 240),
 VAL_ONLY_WORD, TEST_ONLY_WORD = "zebra", "giraffe"
 TINY = ["--encoder", "vgg_tiny", "--image-size", "32", "--encoder-dim", "32", "--hidden-dim", "32", "--embed-dim",
         "16", "--attention-dim", "16", "--steps", "4", "--eval-every", "2", "--batch-size", "4", "--min-count", "1",
-        "--no-progress"]
+        "--no-progress", "--from-scratch"]
 
 
 @pytest.fixture

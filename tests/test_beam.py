@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -153,3 +155,140 @@ def test_attention_maps_of_every_word_sum_to_one(make_model, words_vocab):
         assert c.alphas.shape == (len(c.words), model.config.grid_size ** 2)
         assert torch.allclose(c.alphas.sum(-1), torch.ones(len(c.words)), atol=1e-5)
         assert c.betas.shape == (len(c.words),)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished hypotheses leave the beam (arctic-captions' gen_sample): a scripted step model
+
+
+class PrefixState:
+    """What a scripted model remembers: the words of each row so far (N, S)."""
+
+    def __init__(self, words: torch.Tensor):
+        self.words = words
+
+    def index_select(self, index):
+        return PrefixState(self.words.index_select(0, index))
+
+    reorder_within_image = index_select
+
+
+class ScriptedModel:
+    """A step model whose next-word distribution is a table of the words so far: `script[prefix]`
+    ({word: probability}, the rest of the mass on <unk>), `default` for prefixes not listed.
+    Stands in for `Captioner` in `beam_search` (init_state, step, config.max_len)."""
+
+    def __init__(self, vocab, script: dict, default: dict, max_len: int, grid: int = 4):
+        from types import SimpleNamespace
+
+        self.vocab, self.script, self.default, self.grid = vocab, script, default, grid
+        self.config = SimpleNamespace(max_len=max_len)
+
+    def init_state(self, annotations):
+        return PrefixState(torch.zeros(annotations.shape[0], 0, dtype=torch.long))
+
+    def step(self, tokens, state, mask=None):
+        from captioner.decoder import StepOutput
+
+        words = state.words if bool((tokens == self.vocab.start).all()) else torch.cat(
+            [state.words, tokens.unsqueeze(1)], dim=1)
+        N, V = words.shape[0], len(self.vocab)
+        probs = torch.zeros(N, V)
+        for n in range(N):
+            table = self.script.get(tuple(self.vocab.itos[i] for i in words[n].tolist()), self.default)
+            for word, p in table.items():
+                probs[n, self.vocab.stoi[word]] = p
+            probs[n, self.vocab.unk] = 1.0 - sum(table.values())
+        L = self.grid
+        out = StepOutput(logits=probs.log(), alphas=torch.full((N, L), 1.0 / L), beta=torch.ones(N),
+                         context=torch.zeros(N, 1))
+        return out, PrefixState(words)
+
+
+def scripted_vocab():
+    from captioner.vocab import SPECIALS, Vocabulary
+
+    return Vocabulary(list(SPECIALS) + ["a", "b"])
+
+
+def losing_script(vocab):
+    """At beam size 2 the old rule (a finished hypothesis keeps its slot) loses "a <end>":
+    step 2 holds {"b a" -0.70, "a <end>" -1.83}; at step 3 both extensions of "b a" (-1.42 each)
+    push "a <end>" out, and what is left decays to an unfinished caption near -2.8 at max_len 5.
+    (The brief of issue 13 saw the same with the shipped model: -2.575 returned, -1.492 lost.)"""
+    script = {(): {"b": 0.55, "a": 0.40, "<end>": 0.03},
+              ("a",): {"<end>": 0.40, "a": 0.30, "b": 0.28},
+              ("b",): {"a": 0.90, "b": 0.05, "<end>": 0.03}}
+    return ScriptedModel(vocab, script, default={"a": 0.50, "b": 0.48, "<end>": 0.01}, max_len=5)
+
+
+@torch.no_grad()
+def test_a_finished_caption_is_never_pushed_out_by_extensions_of_better_beams():
+    vocab = scripted_vocab()
+    model = losing_script(vocab)
+    (caption,) = beam_search(model, torch.zeros(1, 4, 1), vocab, beam_size=2)
+    best_score, best_tokens = exhaustive_best(model, torch.zeros(1, 4, 1), vocab, 5)
+    assert vocab.decode(best_tokens) == ["a"] and best_score == pytest.approx(math.log(0.40 * 0.40), abs=1e-5)
+    assert caption.words == ["a"] and caption.finished
+    assert caption.log_prob == pytest.approx(best_score, abs=1e-5)
+    # The n-best list holds the pooled caption and the live beam that reached max_len, best first.
+    assert [w for w, _ in caption.candidates] == [["a"], ["b", "a", "a", "a", "a"]]
+    assert caption.candidates[1][1] == pytest.approx(math.log(0.55 * 0.90 * 0.50 ** 3), abs=1e-5)
+
+
+def wide_losing_script(vocab):
+    """Beam size 6 = the vocabulary: "<end>" alone (p 0.05) finishes at step 1; at step 2 six of
+    the twelve extensions of the live beams beat it, so the old rule pruned it before the last
+    step, though nothing else ever reaches p 0.05 by max_len 4."""
+    script = {(): {"a": 0.50, "b": 0.40, "<end>": 0.05},
+              ("a",): {"a": 0.30, "b": 0.30, "<end>": 0.08},
+              ("b",): {"a": 0.30, "b": 0.30, "<end>": 0.10}}
+    return ScriptedModel(vocab, script, default={"a": 0.33, "b": 0.33, "<end>": 0.01}, max_len=4)
+
+
+@torch.no_grad()
+def test_beam_as_wide_as_the_vocabulary_equals_exhaustive_search_when_it_prunes_before_the_last_step(
+        make_model):
+    from captioner.cpu_inference import onednn_available, optimize_for_cpu
+
+    vocab = scripted_vocab()
+    K = len(vocab)
+    model = wide_losing_script(vocab)
+    (caption,) = beam_search(model, torch.zeros(1, 4, 1), vocab, beam_size=K)
+    best_score, best_tokens = exhaustive_best(model, torch.zeros(1, 4, 1), vocab, 4)
+    assert caption.words == vocab.decode(best_tokens) == [] and caption.finished
+    assert caption.log_prob == pytest.approx(best_score, abs=1e-5)
+    # Random models, max_len 4: 4 words can follow each of the up-to-3 live beams from step 2 on,
+    # more than K - (number finished) survive, so every search below prunes at steps 2 and 3; the
+    # same with the CPU decoding path (cpu_inference), which computes the same numbers differently.
+    for seed in range(3):
+        model = make_model(seed, vocab=vocab, max_len=4)
+        with torch.no_grad():   # sharper distributions, and <end> likely enough to finish early
+            model.decoder.L_o.weight.mul_(4)
+            model.decoder.L_o.bias[vocab.end] += 1.0
+        annotations = random_annotations(model, 3, seed)
+        fast = copy.deepcopy(model)
+        variants = [model] + ([fast] if onednn_available() and optimize_for_cpu(fast) else [])
+        for variant in variants:
+            found = beam_search(variant, annotations, vocab, beam_size=K)
+            for b in range(3):
+                best_score, best_tokens = exhaustive_best(model, annotations[b:b + 1], vocab, 4)
+                assert found[b].log_prob == pytest.approx(best_score, abs=1e-4)
+                assert found[b].words == vocab.decode(best_tokens)
+
+
+@torch.no_grad()
+def test_candidates_hold_every_finished_caption_found_and_the_live_beams_at_max_len(make_model, words_vocab):
+    model = make_model(2, max_len=6)
+    with torch.no_grad():
+        model.decoder.L_o.bias[words_vocab.end] -= 0.6      # some beams finish, others run to max_len
+    captions = beam_search(model, random_annotations(model, 8, 3), words_vocab, beam_size=4)
+    kinds = set()
+    assert {c.finished for c in captions} == {True, False}
+    for c in captions:
+        assert 1 <= len(c.candidates) <= 4
+        assert c.candidates[0] == (c.words, c.log_prob)
+        assert len({tuple(w) for w, _ in c.candidates}) == len(c.candidates)   # no duplicates
+        for words, _ in c.candidates:
+            kinds.add(len(words) == 6)
+    assert kinds == {True, False}

@@ -121,9 +121,36 @@ def test_vocabulary_excludes_words_seen_only_in_val_or_test(tmp_path):
     # A minimum count: "restval" occurs twice (two restval images), "square" far more often.
     vocab3 = build_vocab(train, min_count=3)
     assert "square" in vocab3 and "restval" not in vocab3
-    pairs = CaptionPairs(train, vocab3, max_len=5)
-    assert len(pairs) == sum(len(r) for r in train.references)
-    assert max(len(pairs.caption(k)) for k in range(len(pairs))) <= 5 + 1   # <start> + 4 words + <end>
+    pairs = CaptionPairs(train, vocab3, max_len=8)
+    assert len(pairs) == sum(len(r) for r in train.references) and pairs.dropped == 0
+    assert max(len(pairs.caption(k)) for k in range(len(pairs))) <= 8 + 1   # <start> + 7 words + <end>
+
+
+def test_training_leaves_out_references_longer_than_max_len_and_says_how_many(tmp_path, capsys, one_thread):
+    from captioner.data import references_tokens
+
+    make_karpathy(tmp_path / "k", "flickr30k")
+    train = load_split("flickr30k", "train", image_size=32, data_root=tmp_path / "k")
+    vocab = build_vocab(train, min_count=1)
+    tokens = references_tokens(train)
+    lengths = [len(r) for refs in tokens for r in refs]
+    assert min(lengths) <= 4 < max(lengths)          # the fixture has both kinds at max_len 5
+    pairs = CaptionPairs(train, vocab, max_len=5)
+    kept = [vocab.encode(r) for refs in tokens for r in refs if len(r) <= 4]
+    assert pairs.dropped == sum(n > 4 for n in lengths) and len(pairs) == len(kept)
+    # Never cut: every training caption is a whole reference, <start> .. <end>.
+    assert sorted(pairs.caption(k).tolist() for k in range(len(pairs))) == sorted(kept)
+    # The first line of training counts them; validation still scores against whole references.
+    out = tmp_path / "run"
+    flags = list(TINY)
+    flags[flags.index("--steps") + 1] = "2"
+    code, stdout, stderr = train_in_process(capsys, "--dataset", "flickr30k", "--data-root", tmp_path / "k",
+                                            "--out-dir", out, "--max-len", "5", *flags)
+    assert code == 0, stderr
+    summary = next(line for line in stdout.splitlines() if line.startswith("data: "))
+    assert f"{len(kept)} captions of at most 4 words ({pairs.dropped} longer ones dropped" in summary
+    val = load_split("flickr30k", "val", image_size=32, data_root=tmp_path / "k")
+    assert max(len(r) for refs in references_tokens(val) for r in refs) > 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,3 +264,43 @@ def test_finetune_encoder_trains_only_the_last_convolutional_block(make_model):
     assert {id(p) for p in finetune} == block
     assert encoder_parameters_to_train(model, TrainConfig(encoder_weights="w.pth")) == []
     assert len(encoder_parameters_to_train(model, TrainConfig())) == len(list(model.encoder.parameters()))
+
+
+@pytest.mark.parametrize("dataset", ["coco", "flickr8k", "flickr30k"])
+def test_real_data_without_a_pretrained_encoder_stops_at_once_with_one_line_saying_what_to_do(tmp_path, capsys,
+                                                                                             dataset):
+    empty = tmp_path / "empty"                    # no data at all: the check comes before any is read
+    empty.mkdir()
+    flags = [a for a in TINY if a != "--from-scratch"]
+    code, _, err = train_in_process(capsys, "--dataset", dataset, "--data-root", empty, "--out-dir", tmp_path / "r",
+                                    *flags)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: real data needs a pretrained encoder")
+    for hint in ("--pretrained", "--encoder-weights PATH", "efficientnet_lite0", "--from-scratch"):
+        assert hint in err
+    assert not (tmp_path / "r").exists()
+    # The same with the paper's default encoder (VGG-19), nothing else given.
+    code, _, err = train_in_process(capsys, "--dataset", dataset, "--data-root", empty, "--out-dir", tmp_path / "r")
+    assert code == 2 and err.startswith("error: real data needs a pretrained encoder")
+
+
+def test_from_scratch_contradicting_pretrained_weights_is_one_line(tmp_path, capsys):
+    code, _, err = train_in_process(capsys, "--dataset", "coco", "--data-root", tmp_path, "--out-dir", tmp_path / "r",
+                                    "--pretrained", *TINY)
+    assert code == 2 and err.count("\n") == 1 and "--from-scratch" in err and "--pretrained" in err
+
+
+def test_pretrained_sources_and_always_pretrained_encoders_pass_the_real_data_check(make_model):
+    from captioner.config import TrainConfig
+    from captioner.training import TrainingError, check_encoder_source, encoder_parameters_to_train
+
+    for fields in (dict(pretrained=True), dict(encoder_weights="w.pth"), dict(from_scratch=True)):
+        check_encoder_source(TrainConfig(dataset="coco", **fields), "vgg19")
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):   # pretrained by nature
+        check_encoder_source(TrainConfig(dataset="flickr8k"), name)
+    check_encoder_source(TrainConfig(dataset="shapes"), "vgg_tiny_bn")              # the demo trains from scratch
+    with pytest.raises(TrainingError):
+        check_encoder_source(TrainConfig(dataset="coco"), "vgg19")
+    model = make_model()
+    object.__setattr__(model.config, "encoder", "efficientnet_lite0")             # frozen by default, as VGG with weights
+    assert encoder_parameters_to_train(model, TrainConfig(dataset="coco")) == []

@@ -310,3 +310,39 @@ def test_checkpoint_mode_reports_an_unreadable_checkpoint_in_one_line(tmp_path, 
 def test_checkpoint_mode_rejects_a_beam_size_below_one(tiny_checkpoint, capsys):
     code, _, err = run_main(capsys, "--weights", tiny_checkpoint, "--dataset", "shapes", "--beam-size", 0)
     assert code == 2 and "--beam-size" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation scores as evaluation does
+
+
+class _References:
+    """An image set as validation sees it: only `references` is read for BLEU."""
+
+    def __init__(self, references):
+        self.references = references
+
+
+@pytest.mark.parametrize("java", ["as installed", "hidden"])
+def test_validation_bleu_is_evaluations_bleu_for_the_same_captions(capsys, monkeypatch, java):
+    from captioner.beam import Caption
+    from captioner.inference import score_captions
+
+    if java == "hidden":
+        monkeypatch.setattr(metrics, "java_available", lambda: False)
+    # References with tokens the two tokenisations treat differently ("&", "#", "@": kept by the
+    # toolkit's PTB tokeniser, dropped by the vocabulary's NLTK one), hypotheses in vocabulary words.
+    references = [["A dog & a cat on a sofa.", "Two pets on a couch."],
+                  ["Player #7 kicks a ball @ the park.", "A man kicks a ball in a park."],
+                  ["Fish & chips on a plate.", "A plate of fish and chips."]]
+    words = [["a", "dog", "a", "cat", "on", "a", "sofa"], ["player", "7", "kicks", "a", "ball", "the", "park"],
+             ["fish", "chips", "on", "a", "plate"]]
+    captions = [Caption(words=w, log_prob=0.0, score=0.0, alphas=torch.zeros(len(w), 4), betas=torch.ones(len(w)),
+                        finished=True) for w in words]
+    validation = score_captions(captions, _References(references), grid_size=2)
+    evaluation = evaluate.score_and_report(list(range(3)), [c.text for c in captions], references)
+    capsys.readouterr()
+    assert set(validation) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"}
+    for k in validation:
+        assert validation[k] == evaluation[k], k
+    assert evaluation["Bleu_4"] > 0

@@ -263,3 +263,44 @@ def test_hard_training_resumes_exactly_with_its_baseline(tmp_path):
     assert straight["train_state"]["objective"]["baseline"] != halfway["baseline"]
     for k, v in straight["state_dict"].items():
         assert torch.equal(v, resumed["state_dict"][k]), k
+
+
+def test_reference_weights_of_any_come_from_independent_samples_not_the_reinforce_ones(make_model, words_vocab):
+    """reference_loss "any" with sampled locations: each reference's posterior weight comes from a
+    second, gradient-free pass with its own samples. Taken from the REINFORCE term's own samples it
+    would correlate with that term's reward and bias the estimator (losses.hard_attention_loss)."""
+    from captioner.losses import sentence_log_likelihood
+
+    model = peaked(make_model(attention="hard")).train()
+    with torch.no_grad():
+        model.decoder.L_z.weight.mul_(6.0)                    # the words depend strongly on the location
+    images = torch.randn(3, 3, 32, 32)
+    captions = captions_for(6, len(words_vocab))
+    owners = torch.tensor([0, 0, 1, 1, 2, 2])                  # two references per image
+    passes = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        passes.append((kwargs.get("hard_mode"), torch.is_grad_enabled(), out))
+        return out
+
+    model.forward = spy
+    tc = TrainConfig(expectation_prob=0.0, reference_loss="any")
+    torch.manual_seed(0)
+    losses = batch_loss(model, images, captions, 0, tc, {}, owners)
+    assert [(mode, grad) for mode, grad, _ in passes] == [("sample", True), ("sample", False)]
+    (logits, alphas, _, trace), again = passes[0][2], passes[1][2][0]
+    assert not torch.equal(logits, again)                      # other locations were sampled
+    targets = captions[:, 1:]
+    args = (logits, alphas, targets, 0, trace.entropies, trace.log_p_locations, None, tc.doubly_stochastic,
+            tc.reinforce_weight, tc.entropy_weight, owners, 3)
+    independent = hard_attention_loss(*args, posterior_log_likelihood=sentence_log_likelihood(again, targets, 0))
+    same_samples = hard_attention_loss(*args)
+    assert losses["loss"].item() == pytest.approx(independent["loss"].item(), rel=1e-6)
+    assert losses["loss"].item() != pytest.approx(same_samples["loss"].item(), rel=1e-6)
+    assert losses["nll"].item() == pytest.approx(same_samples["nll"].item(), rel=1e-6)   # reported as before
+    # The expected context samples nothing: one pass, its own weights.
+    passes.clear()
+    batch_loss(model, images, captions, 0, TrainConfig(expectation_prob=1.0, reference_loss="any"), {}, owners)
+    assert [mode for mode, _, _ in passes] == ["expected"]

@@ -546,3 +546,35 @@ def test_caption_checkpoint_problems_are_one_line_each(tmp_path, capsys, photo, 
         assert expected in one_error_line(capsys)
     assert caption_main([str(photo), "--weights", str(path), "--beam-size", "2"]) == 0
     assert capsys.readouterr().out.startswith(f"{photo}\t")
+
+
+def test_log_every_sets_how_often_the_loss_is_reported(tmp_path, monkeypatch):
+    lines = []
+    train(tiny_run(tmp_path / "quiet", steps=6, eval_every=6, log_every=2), MODEL, log=lines.append)
+    reports = [line for line in lines if line.startswith("step ") and "mean of the last" in line]
+    assert [line.split(":")[0] for line in reports] == ["step 2", "step 4", "step 6"]
+    assert all("mean of the last 2 steps" in line for line in reports)
+    # With the progress bar: its loss is updated at the same steps, and only then.
+    import tqdm
+
+    updates = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            self.n = kwargs.get("initial", 0)
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix(self, **values):
+            updates.append((self.n, sorted(values)))
+
+        def write(self, message):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    train(tiny_run(tmp_path / "bar", steps=6, eval_every=6, log_every=3, progress=True), MODEL, log=lambda m: None)
+    assert updates == [(3, ["loss", "nll"]), (6, ["loss", "nll"])]

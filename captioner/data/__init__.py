@@ -75,7 +75,9 @@ def _load_split(name, split, *, image_size, num_images, seed, data_root, split_f
 
 
 class CaptionPairs(Dataset):
-    """(image uint8 (3, S, S), caption ids <start> .. <end>) for every reference of every image.
+    """(image uint8 (3, S, S), caption ids <start> .. <end>) for every reference of every image
+    that fits in `max_len` decoding steps (`dropped` counts the others; validation and evaluation
+    score against every reference, whole, as they use the image set's own `references`).
 
     The captions are held in flat numpy arrays, not one Python list per caption: DataLoader workers
     forked from a process holding 400k small lists slowly copy them all (reference counts dirty the
@@ -87,10 +89,17 @@ class CaptionPairs(Dataset):
         self.images = images
         tokens = tokens if tokens is not None else references_tokens(images)
         encoded, index = [], []
+        self.dropped = 0                       # references longer than the model can write, left out
         for i, refs in enumerate(tokens):
             for ref in refs:
-                # max_len counts decoding steps, <end> included.
-                encoded.append(vocab.encode(ref, max_len - 1))
+                # max_len counts decoding steps, <end> included: at most max_len - 1 words. A longer
+                # reference is left out rather than cut with <end> after its first max_len - 1 words,
+                # which would teach the model to stop mid-sentence; the authors drop them too
+                # (arctic-captions' prepare_data skips captions longer than maxlen).
+                if len(ref) > max_len - 1:
+                    self.dropped += 1
+                    continue
+                encoded.append(vocab.encode(ref))
                 index.append(i)
         self.lengths = np.array([len(c) for c in encoded], dtype=np.int32)
         self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
