@@ -574,6 +574,7 @@ def main(argv=None) -> int:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
+        sock.listen(2048)  # before the address is printed: a client that reads it can connect at once
     except (OSError, OverflowError) as e:
         return _fail(f"cannot listen on {args.host}:{args.port} ({getattr(e, 'strerror', None) or e})")
     port = sock.getsockname()[1]

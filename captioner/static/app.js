@@ -183,12 +183,15 @@
   }
 
   let counter = 0;
-  async function captionOne(file) {
+  function newCard(file) {
     const card = $("#result-template").content.firstElementChild.cloneNode(true);
     card.id = `result-${++counter}`;
     $(".name", card).textContent = file.name || "photo";
     card.setAttribute("aria-busy", "true");
-    $("#results").prepend(card);
+    return card;
+  }
+
+  async function captionOne(file, card) {
     const form = new FormData();
     form.append("image", file, file.name || "photo");
     form.append("beam_size", $("#beam").value || "3");
@@ -218,7 +221,10 @@
     files = Array.from(files);
     if (!files.length) return;
     status(files.length === 1 ? `Captioning ${files[0].name}…` : `Captioning ${files.length} photos…`);
-    const ok = await Promise.all(files.map(captionOne));
+    // The newest photos first, those chosen together in the order given.
+    const cards = files.map(newCard);
+    $("#results").prepend(...cards);
+    const ok = await Promise.all(files.map((f, i) => captionOne(f, cards[i])));
     const good = ok.filter(Boolean).length;
     status(`Captioned ${good} of ${files.length} ${files.length === 1 ? "photo" : "photos"}.` +
            (good ? " Point at a word, focus it with Tab, or move the slider, to see where the model looked." : ""));

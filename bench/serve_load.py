@@ -1,0 +1,305 @@
+"""The web server (`python -m captioner.serve`) under load, and one request's latency against caption.py.
+
+    python bench/serve_load.py [--requests 50] [--clients 8] [--weights weights/shapes_soft.pt]
+                               [--latency-runs 20] [--no-latency]
+
+Starts the server on 127.0.0.1 (a free port; loopback only, never another address), then:
+* latency: one request at a time (`--latency-runs`, after a warm-up), client-side round trip of
+  POST /api/caption, median; beside it caption.py's time for the same photo with start-up
+  excluded, as the marginal cost of a photo: (time of `caption.py` on 1 + N copies of the photo
+  - time on 1 copy) / N, with `--batch-size 1` so that each photo is decoded on its own as a
+  request is; and the same steps timed inside one process (load_image, preprocess,
+  caption_batch, the model prepared as caption.py prepares it);
+* load: `--requests` uploads from `--clients` concurrent clients (threads, one connection each),
+  every answer checked (HTTP 200 and a caption); throughput, latency percentiles, and the
+  server's peak resident memory (VmHWM) before and after.
+The test suite (tests/test_serve_load.py) runs the load part with the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import ipaddress
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SOFT = ROOT / "weights" / "shapes_soft.pt"
+HARD = ROOT / "weights" / "shapes_hard.pt"
+
+
+@contextlib.contextmanager
+def running_server(weights=(SOFT,), extra=(), timeout: float = 120.0, env=None):
+    """`python -m captioner.serve --port 0` on 127.0.0.1; yields (process, base URL). The server is
+    stopped (Ctrl-C, then killed if it lingers) on leaving."""
+    cmd = [sys.executable, "-m", "captioner.serve", "--host", "127.0.0.1", "--port", "0", *extra]
+    for w in weights:
+        cmd += ["--weights", str(w)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if "serving http://" in line:
+                found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.1):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read() if proc.poll() is not None else ""
+                raise RuntimeError(f"the server did not start: {''.join(lines)}{err}")
+        line = next(line for line in lines if "serving http://" in line)
+        url = line.split("serving ", 1)[1].split()[0]
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+
+
+def loopback_only(url: str) -> tuple[str, int]:
+    """(host, port) of `url`, refusing anything but a loopback address (load goes nowhere else)."""
+    parts = urllib.parse.urlsplit(url)
+    if not ipaddress.ip_address(parts.hostname).is_loopback:
+        raise ValueError(f"{url}: load is only sent to a loopback address")
+    return parts.hostname, parts.port
+
+
+def multipart(photo: bytes, fields: dict | None = None, filename: str = "photo.jpg") -> tuple[bytes, str]:
+    """(body, content type) of a multipart/form-data upload: the photo as `image`, then the fields."""
+    boundary = "captioner-bench-7d1f"
+    chunks = [f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+              f"Content-Type: application/octet-stream\r\n\r\n".encode(), photo, b"\r\n"]
+    for name, value in (fields or {}).items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def post_caption(conn: http.client.HTTPConnection, body: bytes, ctype: str) -> tuple[int, dict]:
+    conn.request("POST", "/api/caption", body=body, headers={"Content-Type": ctype})
+    response = conn.getresponse()
+    data = response.read()
+    try:
+        return response.status, json.loads(data)
+    except ValueError:
+        return response.status, {"error": data[:200].decode("latin-1")}
+
+
+def peak_rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of process `pid` in MiB (Linux /proc: VmRSS, VmHWM)."""
+    values = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                values[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
+
+
+def run_load(url: str, photos: list[bytes], requests: int = 50, clients: int = 8, fields: dict | None = None,
+             timeout: float = 120.0) -> dict:
+    """`requests` uploads (photos in turn) from `clients` threads, one keep-alive connection each.
+    Returns counts, statuses of failures, wall time, throughput and latency percentiles (s)."""
+    host, port = loopback_only(url)
+    bodies = [multipart(p, fields) for p in photos]
+    lock = threading.Lock()
+    next_index = [0]
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    def client():
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            while True:
+                with lock:
+                    i = next_index[0]
+                    if i >= requests:
+                        return
+                    next_index[0] += 1
+                body, ctype = bodies[i % len(bodies)]
+                start = time.perf_counter()
+                try:
+                    status, answer = post_caption(conn, body, ctype)
+                except (OSError, http.client.HTTPException) as e:
+                    conn.close()
+                    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+                    with lock:
+                        failures.append(f"request {i}: {type(e).__name__}: {e}")
+                    continue
+                took = time.perf_counter() - start
+                with lock:
+                    if status == 200 and answer.get("caption") and answer.get("attention"):
+                        latencies.append(took)
+                    else:
+                        failures.append(f"request {i}: HTTP {status} {answer.get('error', answer)}")
+        finally:
+            conn.close()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(client) for _ in range(clients)]:
+            f.result()
+    wall = time.perf_counter() - start
+    ordered = sorted(latencies)
+
+    def pct(q):
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    return {"requests": requests, "clients": clients, "ok": len(latencies), "failed": len(failures),
+            "failures": failures[:5], "wall_s": wall, "throughput_per_s": len(latencies) / wall,
+            "latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95), "latency_max_s": ordered[-1] if ordered else None}
+
+
+def shapes_photos(count: int = 8, side: int = 256) -> list[bytes]:
+    """Shapes scenes as JPEG files of `side` pixels (a photo's size on disk, the model's content)."""
+    from PIL import Image
+
+    from captioner.data.shapes import make_scene
+
+    out = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(make_scene(7, i).image).resize((side, side), Image.BICUBIC).save(buffer, "JPEG", quality=92)
+        out.append(buffer.getvalue())
+    return out
+
+
+def request_latency(url: str, photo: bytes, runs: int) -> list[float]:
+    host, port = loopback_only(url)
+    body, ctype = multipart(photo)
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    times = []
+    for i in range(runs + 2):                 # two warm-up requests
+        start = time.perf_counter()
+        status, answer = post_caption(conn, body, ctype)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {answer}")
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    conn.close()
+    return times
+
+
+def cli_marginal(photo_path: Path, weights: Path, copies: int = 20, repeats: int = 3) -> float:
+    """caption.py's time per photo with start-up excluded: (T(1 + copies) - T(1)) / copies, batch size 1."""
+    folder = photo_path.parent
+    links = []
+    for i in range(copies):
+        link = folder / f"copy{i}.jpg"
+        link.write_bytes(photo_path.read_bytes())
+        links.append(link)
+
+    def timed(paths):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "caption.py"), "--weights", str(weights), "--batch-size", "1",
+                        *map(str, paths)], cwd=ROOT, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+    one = statistics.median(timed([photo_path]) for _ in range(repeats))
+    many = statistics.median(timed([photo_path, *links]) for _ in range(repeats))
+    return (many - one) / copies
+
+
+IN_PROCESS = r"""
+import statistics, sys, time
+from captioner.runtime import configure_cpu_process
+configure_cpu_process()
+import torch
+from captioner.checkpoint import load_captioner
+from captioner.cpu_inference import optimize_for_cpu
+from captioner.images import load_image, preprocess
+from captioner.inference import caption_batch
+model, vocab = load_captioner(sys.argv[1]); model.requires_grad_(False); optimize_for_cpu(model)
+times = []
+for i in range(int(sys.argv[3]) + 2):
+    start = time.perf_counter()
+    pixels = preprocess(load_image(sys.argv[2]), model.config.image_size)
+    caption_batch(model, pixels.unsqueeze(0), vocab, 3)
+    if i >= 2:
+        times.append(time.perf_counter() - start)
+print(statistics.median(times))
+"""
+
+
+def in_process_latency(photo_path: Path, weights: Path, runs: int) -> float:
+    done = subprocess.run([sys.executable, "-c", IN_PROCESS, str(weights), str(photo_path), str(runs)], cwd=ROOT,
+                          check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--weights", type=Path, default=SOFT)
+    parser.add_argument("--latency-runs", type=int, default=20)
+    parser.add_argument("--no-latency", action="store_true")
+    args = parser.parse_args(argv)
+    if not 1 <= args.requests <= 10_000 or not 1 <= args.clients <= 64:
+        parser.error("--requests must be 1..10000 and --clients 1..64")
+    from bench.common import environment, print_command
+
+    print_command()
+    print(environment())
+    photos = shapes_photos()
+    with running_server([args.weights]) as (proc, url):
+        rss0, _ = peak_rss_mb(proc.pid)
+        print(f"server: {url} (pid {proc.pid}), model {args.weights.name}, resident after start-up {rss0:.0f} MiB")
+        if not args.no_latency:
+            server = request_latency(url, photos[0], args.latency_runs)
+            print(f"one request (POST /api/caption, {len(photos[0])} byte JPEG, beam 3): median "
+                  f"{statistics.median(server) * 1000:.1f} ms (min {min(server) * 1000:.1f}, "
+                  f"max {max(server) * 1000:.1f}, {len(server)} runs)")
+        _, hwm_before = peak_rss_mb(proc.pid)
+        result = run_load(url, photos, args.requests, args.clients)
+        _, hwm = peak_rss_mb(proc.pid)
+        print(f"load: {result['ok']}/{result['requests']} answered with a caption, {result['failed']} failed, "
+              f"{args.clients} clients, {result['wall_s']:.2f} s, {result['throughput_per_s']:.1f} requests/s, "
+              f"latency p50 {result['latency_p50_s'] * 1000:.0f} ms, p95 {result['latency_p95_s'] * 1000:.0f} ms, "
+              f"max {result['latency_max_s'] * 1000:.0f} ms")
+        print(f"server peak resident memory: {hwm_before:.0f} MiB before the load, {hwm:.0f} MiB after it")
+        for failure in result["failures"]:
+            print("  " + failure)
+    if not args.no_latency:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "photo.jpg"
+            path.write_bytes(photos[0])
+            inproc = in_process_latency(path, args.weights, args.latency_runs)
+            marginal = cli_marginal(path, args.weights)
+        median = statistics.median(server)
+        print(f"caption.py, same photo, start-up excluded: {marginal * 1000:.1f} ms per photo (marginal, batch size 1); "
+              f"its steps in one process (load_image, preprocess, caption_batch): {inproc * 1000:.1f} ms")
+        print(f"request / caption.py: {median / marginal:.2f} (marginal), {median / inproc:.2f} (in-process); "
+              f"target: within 1.20")
+    return 0 if result["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
