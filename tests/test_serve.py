@@ -265,11 +265,11 @@ def test_concurrent_requests_are_batched_and_give_the_captions_of_single_request
     assert busy.wait(10)
     futures = [batcher.submit(loaded, 3, p) for p in pixels]
     gate.set()
-    assert first.result(30).words == singles[0]
-    assert [f.result(30).words for f in futures] == singles
+    assert first.result(30)[0].words == singles[0]
+    assert [f.result(30)[0].words for f in futures] == singles
     assert batcher.photos == 7 and batcher.batches == 3      # 1, then 4 + 2 (at most max_batch together)
     batcher.close()
     other = batcher.submit(loaded, 1, pixels[1])            # a closed batcher starts again when needed
-    assert other.result(30).words
+    assert other.result(30)[0].words
     batcher.close()
     assert torch.is_grad_enabled()

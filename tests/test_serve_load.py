@@ -8,7 +8,10 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("uvicorn")
-from bench.serve_load import SOFT, peak_rss_mb, run_load, running_server, shapes_photos  # noqa: E402
+import time  # noqa: E402
+
+from bench.serve_load import (SOFT, connect, loopback_only, multipart, peak_rss_mb, run_load,  # noqa: E402
+                              running_server, shapes_photos)
 
 PEAK_RSS_LIMIT_MB = 1500     # the shapes model serves in a few hundred MiB; a leak or eight copies would show
 
@@ -21,6 +24,7 @@ def test_50_requests_from_8_clients_all_answered_and_peak_memory_reported(record
         result = run_load(url, photos, requests=50, clients=8)
         rss_now, peak = peak_rss_mb(proc.pid)
         assert proc.poll() is None, "the server stopped under load"
+        gaps = body_delays(url, photos[0])
     record_property("peak_rss_mb", round(peak, 1))
     record_property("throughput_per_s", round(result["throughput_per_s"], 2))
     with capsys.disabled():
@@ -30,3 +34,21 @@ def test_50_requests_from_8_clients_all_answered_and_peak_memory_reported(record
     assert result["failed"] == 0, result["failures"]
     assert result["ok"] == 50
     assert peak < PEAK_RSS_LIMIT_MB
+    # The answer's body follows its headers at once (TCP_NODELAY on the server's connections): with
+    # Nagle's algorithm on, it waited for the client's delayed ACK, about 40 ms per request.
+    assert sorted(gaps)[len(gaps) // 2] < 0.015, gaps
+
+
+def body_delays(url: str, photo: bytes, runs: int = 5) -> list[float]:
+    """Seconds between the response's headers and the end of its body, per request."""
+    body, ctype = multipart(photo)
+    conn = connect(*loopback_only(url))
+    gaps = []
+    for _ in range(runs):
+        conn.request("POST", "/api/caption", body=body, headers={"Content-Type": ctype})
+        response = conn.getresponse()
+        start = time.perf_counter()
+        response.read()
+        gaps.append(time.perf_counter() - start)
+    conn.close()
+    return gaps
