@@ -49,6 +49,10 @@ DEFAULT_BEAM = 3
 MAX_BEAM = 20                  # a web request's beam; caption.py allows more
 MAX_BATCH = 8                  # photos decoded together by the model thread
 UPLOAD_SLOTS = 4               # request bodies held in memory at once
+# A photo up to this size is decoded on the event loop itself (a millisecond or two, while a thread
+# hop costs as much again on a busy machine); larger ones, and previews, in a thread, one at a time.
+INLINE_DECODE_BYTES = 256 * 1024
+INLINE_DECODE_PIXELS = 1_000_000
 FORM_SLACK = 64 * 1024         # multipart headers, boundaries and the small fields beside the photo
 PREVIEW_SIDE = (224, 448)      # the preview's side: the photo's own, within these bounds (as render.py)
 FIELDS = ("image", "beam_size", "model", "preview")
@@ -370,6 +374,22 @@ def _flag(name: str, text: str | None) -> bool:
     raise RequestError(400, f"{name} must be 1 or 0, got {_clip(text)!r}")
 
 
+def _small_picture(data: bytes) -> bool:
+    """A file of at most INLINE_DECODE_BYTES whose header declares at most INLINE_DECODE_PIXELS (a small
+    file may hold a big picture of one colour). Anything odd is left to the thread, and its refusal."""
+    if len(data) > INLINE_DECODE_BYTES:
+        return False
+    from PIL import Image
+
+    from .images import _formats, _quiet_warnings
+
+    try:
+        with _quiet_warnings(), Image.open(io.BytesIO(data), formats=_formats()) as im:
+            return im.size[0] * im.size[1] <= INLINE_DECODE_PIXELS
+    except Exception:  # noqa: BLE001 - not a picture the header reader knows: decode_image says why
+        return False
+
+
 def prepare_photo(data: bytes, size: int, preview: bool):
     """Upload bytes -> (uint8 pixels (3, size, size), preview data: URL or None); ImageError if unusable."""
     from PIL import Image
@@ -489,15 +509,19 @@ def create_app(models: dict[str, Path] | None = None, default: str | None = None
                 preview = _flag("preview", form.fields.get("preview"))
                 name = pool.resolve(form.fields.get("model"))
                 try:
-                    loaded = await anyio.to_thread.run_sync(pool.get, name, limiter=load_limiter)
+                    loaded = (pool.get(name) if pool.loaded(name)   # loaded: no thread hop
+                              else await anyio.to_thread.run_sync(pool.get, name, limiter=load_limiter))
                 except CheckpointError as e:
                     # The reason without the server's folders: the client knows the model by name.
                     reason = str(e).replace(str(pool.paths[name]), pool.paths[name].name)
                     raise RequestError(422, f"model {name!r} cannot be used: {reason}") from None
                 start = time.perf_counter()
                 try:
-                    pixels, url = await anyio.to_thread.run_sync(prepare_photo, form.image, loaded.image_size,
-                                                                 preview, limiter=decode_limiter)
+                    if not preview and _small_picture(form.image):
+                        pixels, url = prepare_photo(form.image, loaded.image_size, preview)
+                    else:
+                        pixels, url = await anyio.to_thread.run_sync(prepare_photo, form.image, loaded.image_size,
+                                                                     preview, limiter=decode_limiter)
                 except ImageError as e:
                     raise RequestError(422, f"image: {e}") from None
                 decoded = time.perf_counter()
