@@ -9,7 +9,7 @@ Starts the server on 127.0.0.1 (a free port; loopback only, never another addres
   (load_image, preprocess, caption_batch; the process and model set up as caption.py sets them
   up), so that both see the same load from other processes: start-up is excluded from both.
   Reported: medians, minima, and the median of the paired ratios. `--cli-check` also times
-  caption.py processes, its marginal time per photo: (time on 1 + 20 copies - time on 1) / 20,
+  caption.py processes, its marginal time per photo: (time on 1 + 100 copies - time on 1) / 100,
   batch size 1 (slow, and noisy when other processes load the machine);
 * load: `--requests` uploads from `--clients` concurrent clients (threads, one connection each),
   every answer checked (HTTP 200 and a caption); throughput, latency percentiles, and the
@@ -26,6 +26,7 @@ import ipaddress
 import io
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -115,10 +116,15 @@ def connect(host: str, port: int, timeout: float = 120.0) -> http.client.HTTPCon
     return conn
 
 
-def post_caption(conn: http.client.HTTPConnection, body: bytes, ctype: str) -> tuple[int, dict]:
+def post_caption(conn: http.client.HTTPConnection, body: bytes, ctype: str, timing: dict | None = None
+                 ) -> tuple[int, dict]:
+    """(status, JSON answer); `timing`, when given, receives the Server-Timing durations (ms) by name."""
     conn.request("POST", "/api/caption", body=body, headers={"Content-Type": ctype})
     response = conn.getresponse()
     data = response.read()
+    if timing is not None:
+        for m in re.finditer(r"(\w+);dur=([\d.]+)", response.getheader("server-timing") or ""):
+            timing[m.group(1)] = float(m.group(2))
     try:
         return response.status, json.loads(data)
     except ValueError:
@@ -203,10 +209,12 @@ def shapes_photos(count: int = 8, side: int = 256) -> list[bytes]:
     return out
 
 
-def paired_latency(url: str, photo_path: Path, weights: Path, runs: int) -> tuple[list[float], list[float]]:
+def paired_latency(url: str, photo_path: Path, weights: Path, runs: int
+                   ) -> tuple[list[float], list[float], list[dict]]:
     """One server request, then caption.py's steps for the same photo in this process (load_image,
     preprocess, caption_batch; the model prepared as caption.py prepares it), in turns, so that both
-    see the same load from other processes. Returns (request seconds, in-process seconds)."""
+    see the same load from other processes. Returns (request seconds, in-process seconds, the
+    requests' Server-Timing durations in ms)."""
     from captioner.checkpoint import load_captioner
     from captioner.cpu_inference import optimize_for_cpu
     from captioner.images import load_image, preprocess
@@ -218,10 +226,11 @@ def paired_latency(url: str, photo_path: Path, weights: Path, runs: int) -> tupl
     host, port = loopback_only(url)
     body, ctype = multipart(photo_path.read_bytes())
     conn = connect(host, port)
-    served, here = [], []
+    served, here, timings = [], [], []
     for i in range(runs + 2):                 # two warm-up pairs
         start = time.perf_counter()
-        status, answer = post_caption(conn, body, ctype)
+        timing: dict = {}
+        status, answer = post_caption(conn, body, ctype, timing)
         took = time.perf_counter() - start
         if status != 200:
             raise RuntimeError(f"HTTP {status}: {answer}")
@@ -231,13 +240,14 @@ def paired_latency(url: str, photo_path: Path, weights: Path, runs: int) -> tupl
         if i >= 2:
             served.append(took)
             here.append(time.perf_counter() - start)
+            timings.append(timing)
         if caption.text != answer["caption"]:
             raise RuntimeError(f"the server and caption.py disagree: {answer['caption']!r} / {caption.text!r}")
     conn.close()
-    return served, here
+    return served, here, timings
 
 
-def cli_marginal(photo_path: Path, weights: Path, copies: int = 20, repeats: int = 5) -> float:
+def cli_marginal(photo_path: Path, weights: Path, copies: int = 100, repeats: int = 3) -> float:
     """caption.py's time per photo with start-up excluded: (T(1 + copies) - T(1)) / copies, batch size 1."""
     folder = photo_path.parent
     links = []
@@ -284,11 +294,14 @@ def main(argv=None) -> int:
         rss0, _ = peak_rss_mb(proc.pid)
         print(f"server: {url} (pid {proc.pid}), model {args.weights.name}, resident after start-up {rss0:.0f} MiB")
         if not args.no_latency:
-            server, here = paired_latency(url, photo_path, args.weights, args.latency_runs)
+            server, here, timings = paired_latency(url, photo_path, args.weights, args.latency_runs)
             ratios = [a / b for a, b in zip(server, here)]
             print(f"one request (POST /api/caption, {len(photos[0])} byte JPEG, beam 3, client round trip): median "
                   f"{statistics.median(server) * 1000:.1f} ms (min {min(server) * 1000:.1f}, "
                   f"max {max(server) * 1000:.1f}, {len(server)} runs)")
+            parts = {k: statistics.median(t.get(k, float("nan")) for t in timings) for k in ("decode", "model", "total")}
+            print(f"  inside the server (Server-Timing, medians): decode {parts['decode']:.1f} ms, model "
+                  f"{parts['model']:.1f} ms, request handler in all {parts['total']:.1f} ms")
             print(f"caption.py's steps for the same photo in one process, in turns with the requests: median "
                   f"{statistics.median(here) * 1000:.1f} ms (min {min(here) * 1000:.1f}, max {max(here) * 1000:.1f})")
             print(f"request / caption.py, start-up excluded: median of the paired ratios "
@@ -308,7 +321,7 @@ def main(argv=None) -> int:
     if not args.no_latency and args.cli_check:
         marginal = cli_marginal(photo_path, args.weights)
         print(f"caption.py itself, same photo, start-up excluded: {marginal * 1000:.1f} ms per photo "
-              f"((time on 21 copies - time on 1) / 20, batch size 1, median of 5 runs each)")
+              f"((time on 101 copies - time on 1) / 100, batch size 1, median of 3 runs each)")
     tmp.cleanup()
     return 0 if result["failed"] == 0 else 1
 
