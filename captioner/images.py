@@ -1,7 +1,8 @@
 """Reading images from disk and turning them into model input.
 
-Every image a user gives (caption.py, notebook helpers, data sets) goes through `load_image`,
-which either returns an RGB picture or raises `ImageError` with a one-line reason. `read_images`
+Every image a user gives (caption.py, notebook helpers, data sets) goes through `load_image`
+(`decode_image` for one held in memory, as the web server's uploads are), which either returns
+an RGB picture or raises `ImageError` with a one-line reason. `read_images`
 reads many files that way in a few threads, in order and a bounded number ahead (caption.py).
 """
 
@@ -41,8 +42,6 @@ def load_image(path) -> "Image.Image":
     """Open `path` as an RGB PIL image: transparency composited on white, EXIF orientation applied,
     first frame of animations. Raises ImageError with a one-line reason otherwise; no other exception
     escapes, whatever the file holds."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         path = os.fspath(path)
         info = os.stat(path)
@@ -60,9 +59,30 @@ def load_image(path) -> "Image.Image":
         raise ImageError("not a regular file (a device, pipe or socket)")
     if info.st_size == 0:
         raise ImageError("empty file (0 bytes)")
+    return _decode(path, lambda: _looks_like_text_file(path))
+
+
+def decode_image(data) -> "Image.Image":
+    """`load_image` for an image held in memory (bytes, e.g. an upload): the same checks, the same
+    RGB picture or the same one-line `ImageError`, and nothing is read from or written to disk."""
+    import io
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"not image data ({type(data).__name__})")
+    data = bytes(data)
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return _decode(io.BytesIO(data), lambda: _looks_like_text(data[:512]))
+
+
+def _decode(source, looks_like_text) -> "Image.Image":
+    """Decode `source` (a path or a binary file object) as load_image describes; `looks_like_text()`
+    is asked only for data no image format recognised."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with _quiet_warnings():
-            with Image.open(path, formats=_formats()) as im:
+            with Image.open(source, formats=_formats()) as im:
                 _check_size(im.size)  # from the header alone, before any pixel is decoded
                 im.seek(0)  # first frame of an animation
                 im.load()
@@ -71,7 +91,7 @@ def load_image(path) -> "Image.Image":
     except ImageError:
         raise
     except UnidentifiedImageError:
-        if _looks_like_text(path):
+        if looks_like_text():
             raise ImageError("a text file, not an image") from None
         raise ImageError(f"not an image, or not in a supported format ({FORMAT_NAMES})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -145,15 +165,23 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def _looks_like_text(path: str) -> bool:
-    """The first 512 bytes are UTF-8 text (for a clearer refusal than "not an image")."""
-    import codecs
-
+def _looks_like_text_file(path: str) -> bool:
+    """The file's first 512 bytes are UTF-8 text (for a clearer refusal than "not an image")."""
     try:
         with open(path, "rb") as f:
             head = f.read(512)
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at byte 512 is fine
-    except (OSError, UnicodeDecodeError):
+    except OSError:
+        return False
+    return _looks_like_text(head)
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """`head` (a file's first 512 bytes) is UTF-8 text; a character cut at its end is fine."""
+    import codecs
+
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
         return False
     return b"\x00" not in head and bool(head.strip())
 
