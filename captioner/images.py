@@ -220,6 +220,53 @@ def preprocess(image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))    # (H, W, 3) -> (3, H, W)
 
 
+class Preprocessing:
+    """How one model's input is cut from a picture: `crop_box` (the region the model sees, in the
+    picture's pixels) and calling it (RGB PIL image -> uint8 (3, S, S) tensor). Built from the model's
+    own configuration by `preprocessing_for`, the one place that knows how each encoder wants its input,
+    so captioning, overlays and the Python API cannot disagree about it."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the centred square the model sees."""
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+
+    def __call__(self, image) -> torch.Tensor:
+        return preprocess(image, self.size)
+
+    def __repr__(self) -> str:
+        return f"Preprocessing(size={self.size}, centre square)"
+
+
+def preprocessing_for(model) -> Preprocessing:
+    """The preprocessing of `model` (a Captioner, or its ModelConfig), from its configuration."""
+    config = getattr(model, "config", model)
+    return Preprocessing(config.image_size)
+
+
+# Files a folder given to caption.py is read for (case-insensitive), in sorted order.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".avif")
+
+
+def image_files(folder) -> list[str]:
+    """The image files directly inside `folder` (by suffix), sorted by name; raises ImageError (one
+    line) when it cannot be listed or holds none."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder)
+                       if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file())
+    except PermissionError:
+        raise ImageError("permission denied (cannot list the folder)") from None
+    except OSError as e:
+        raise ImageError(f"cannot list the folder ({e.strerror or _first_line(e)})") from None
+    if not names:
+        raise ImageError(f"a folder with no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return [os.path.join(folder, name) for name in names]
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (B, 3, H, W) on any device -> float, ImageNet mean/std normalised."""
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
@@ -232,7 +279,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 READ_THREADS = 4
 
 
-def read_images(paths: Iterable, size: int, keep_photos: bool = False, ahead: int = 32,
+def read_images(paths: Iterable, size: "int | Preprocessing", keep_photos: bool = False, ahead: int = 32,
                 threads: int | None = None) -> Iterator[tuple[object, Future]]:
     """Read image files with `load_image` + `preprocess` in a few threads, while the caller works
     on what was read before (caption.py encodes one batch while the next is read).
@@ -248,13 +295,14 @@ def read_images(paths: Iterable, size: int, keep_photos: bool = False, ahead: in
     started, a handed-out future among them then raising CancelledError; run to the end, it
     leaves every future to complete."""
     paths = list(paths)
+    prepare = size if callable(size) else Preprocessing(size)  # a model's `preprocessing_for`, or a side
     threads = min(READ_THREADS, os.cpu_count() or 1) if threads is None else threads
     threads = min(threads, len(paths))
     ahead = max(1, ahead)
 
     def read(path):
         photo = load_image(path)
-        pixels = preprocess(photo, size)
+        pixels = prepare(photo)
         return (photo if keep_photos else None), pixels
 
     def read_here(path) -> Future:
