@@ -143,8 +143,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    from .messages import first_sentence
+
+    return first_sentence(e)
 
 
 def build_from_checkpoint(data: dict, name: str = "checkpoint"):

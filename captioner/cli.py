@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import (ATTENTIONS, DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS, ENCODERS, POSITIONAL,
                      REFERENCE_LOSSES, SCORES, ModelConfig, TrainConfig, train_config_for)
+from .messages import first_sentence
 
 TRAIN_HELP = {
     "dataset": "data set: shapes is built in (no files); the others are read from --data-root",
@@ -40,7 +41,7 @@ TRAIN_HELP = {
     "num_workers": "DataLoader worker processes (image decoding, feature-cache reads); 0 reads in the main "
                    "process. Real photos want several",
     "strict": "stop with an error when an annotation's image is missing, unreadable or outside --data-root "
-              "(default: skip such images and report them in one line)",
+              "(off: skip such images and report them in one line)",
     "reference_loss": "each: every reference caption is a training example (the paper's); any: batches of "
                       "images with all their references, loss -log sum_r p(reference_r | image), so the model "
                       "may settle on one wording (shapes: one order of the objects)",
@@ -163,7 +164,10 @@ def train_parser() -> argparse.ArgumentParser:
                "as if it had not stopped. Ctrl-C (or SIGTERM) finishes the current step, saves last.pt and exits "
                "with status 130; a second Ctrl-C leaves at once. Exit status 2: bad input, or training stopped "
                "with an error (non-finite loss: last.pt keeps the last good state).")
-    groups = {name: parser.add_argument_group(title) for title, names in TRAIN_GROUPS.items() for name in names}
+    groups = {}
+    for title, names in TRAIN_GROUPS.items():
+        group = parser.add_argument_group(title)
+        groups.update(dict.fromkeys(names, group))
     run_group = parser.add_argument_group(RUN_GROUP)
     for f in dataclasses.fields(TrainConfig):
         groups.setdefault(f.name, run_group)
@@ -199,16 +203,6 @@ def pick_device(name: str):
             reason = first_sentence(e)
             raise ValueError(f"--device {name}: this torch build or machine cannot use it ({reason})") from None
     return device
-
-
-def first_sentence(e: BaseException) -> str:
-    """An exception's first sentence, whole (never cut mid-word); its type name when it has no text.
-    A KeyError's text is its key without repr quotes."""
-    import re
-
-    text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
-    text = text.strip().splitlines()[0].strip() if text.strip() else type(e).__name__
-    return re.split(r"(?<=[.;])\s+(?=[A-Z'\"(])", text, maxsplit=1)[0]
 
 
 def _fail(message: str) -> int:

@@ -193,7 +193,8 @@ def evaluate_checkpoint(args) -> dict:
     import torch
 
     from .checkpoint import DEFAULT_WEIGHTS, CheckpointError, build_from_checkpoint, read_checkpoint, trained_on
-    from .cli import first_sentence, pick_device
+    from .cli import pick_device
+    from .messages import first_sentence
     from .data import load_split
     from .inference import caption_set
 

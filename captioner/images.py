@@ -141,8 +141,9 @@ def _check_size(size) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    from .messages import first_sentence
+
+    return first_sentence(e)
 
 
 def _looks_like_text(path: str) -> bool:
