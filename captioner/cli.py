@@ -427,16 +427,16 @@ def _caption(args) -> int:
     # Files are read a batch ahead in a few threads (images.read_images), so the next batch is being
     # decoded while this one is encoded; results and messages still come in the order given. The
     # picture itself is only kept for --attention's overlay.
-    paths = []
+    paths, folder_errors = [], {}
     for given in args.images:
         if given == "-":  # one path per line on standard input (`find ... | caption.py -`)
             paths.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
         elif os.path.isdir(given):  # the images inside, in sorted order (not its subfolders)
             try:
                 paths.extend(image_files(given))
-            except ImageError as e:
-                print(f"{_shown(given)}: {e}", file=sys.stderr, flush=True)
-                failed += 1
+            except ImageError as e:  # reported in its turn, among the other inputs' lines
+                folder_errors[given] = e
+                paths.append(given)
         else:
             paths.append(given)
     with contextlib.closing(read_images(paths, preprocessing, keep_photos=args.attention is not None,
@@ -445,7 +445,7 @@ def _caption(args) -> int:
             try:
                 photo, pixels = reading.result()
             except ImageError as e:
-                print(f"{_shown(path)}: {e}", file=sys.stderr, flush=True)
+                print(f"{_shown(path)}: {folder_errors.get(path, e)}", file=sys.stderr, flush=True)
                 failed += 1
                 continue
             except (MemoryError, ValueError, OSError) as e:  # resizing a readable but odd picture

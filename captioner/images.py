@@ -264,7 +264,7 @@ def image_files(folder) -> list[str]:
     except OSError as e:
         raise ImageError(f"cannot list the folder ({e.strerror or _first_line(e)})") from None
     if not names:
-        raise ImageError(f"a folder with no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise ImageError(f"a folder (directory) with no image files ({', '.join(IMAGE_SUFFIXES)})")
     return [os.path.join(folder, name) for name in names]
 
 

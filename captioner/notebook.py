@@ -376,7 +376,7 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
     """The same picture under several models ({label: Caption}): for each model, the picture and its
     caption's attention map per word, the word under the panel (a long caption wraps onto more rows);
     hard attention's chosen cell is outlined in white."""
-    from .render import _draw_boxes, _label_below, centre_square, spotlight, upsample
+    from .render import _draw_boxes, _label_below, centre_square, marked_cell, spotlight, upsample
 
     plt = _pyplot()
     square = centre_square(example.photo)
@@ -411,9 +411,7 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
             if marks is not None and marks[i] is not None:
                 r, c = marks[i]
                 cell = side / grid
-                for colour, width in (("black", 3.0), ("white", 1.5)):
-                    ax.add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, edgecolor=colour,
-                                               lw=width))
+                ax.add_patch(marked_cell(c * cell, r * cell, cell))
     return _finish(fig, plt)
 
 

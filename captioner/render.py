@@ -94,9 +94,9 @@ def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns
     if cropped:  # the whole photo, the model's input outlined
         left, top, right, bottom = crop_box
         axes.flat[0].imshow(photo)
-        for colour, width in (("black", 3.0), ("yellow", 1.5)):
-            axes.flat[0].add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                                                 edgecolor=colour, lw=width, linestyle="-" if width > 2 else "--"))
+        axes.flat[0].add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                             edgecolor="yellow", lw=1.5, linestyle="--",
+                                             path_effects=[_outline(3.0)]))
         axes.flat[0].set_title(title or "photo (yellow: what\nthe model saw)", fontsize=9)
     else:
         axes.flat[0].imshow(square)
@@ -122,10 +122,23 @@ def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns
         if marks is not None and marks[i] is not None:
             r, c = marks[i]
             cell = side / grid_size
-            for colour, width in (("black", 3.0), ("white", 1.5)):  # seen on light and dark pictures
-                ax.add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, edgecolor=colour, lw=width))
+            ax.add_patch(marked_cell(c * cell, r * cell, cell))
     fig.tight_layout()
     return fig
+
+
+def _outline(width: float):
+    """A black line under a light one: the outline shows on light and dark pictures alike."""
+    from matplotlib import patheffects
+
+    return patheffects.withStroke(linewidth=width, foreground="black")
+
+
+def marked_cell(x: float, y: float, side: float):
+    """The outlined grid cell of hard attention (one patch: white on a black stroke)."""
+    import matplotlib.pyplot as plt
+
+    return plt.Rectangle((x, y), side, side, fill=False, edgecolor="white", lw=1.5, path_effects=[_outline(3.0)])
 
 
 def _label_below(ax, text, fontsize=10):
@@ -172,7 +185,8 @@ def render_attention(photo, caption, grid_size: int, path, columns: int = 5, box
     bottom = 0.0
     if marks is not None and any(m is not None for m in marks):
         bottom = 0.35
-        fig.legend(handles=[Patch(facecolor="none", edgecolor="black", lw=1.5)], labels=[MARK_LEGEND],
+        fig.legend(handles=[Patch(facecolor="none", edgecolor="white", lw=1.5, path_effects=[_outline(3.0)])],
+                   labels=[MARK_LEGEND],
                    loc="lower center", fontsize=9, frameon=False)
     fig.set_size_inches(width, height + top + bottom)
     fig.suptitle(header, fontsize=12, y=1 - 0.08 / (height + top + bottom), va="top")

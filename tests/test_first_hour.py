@@ -40,7 +40,7 @@ def test_a_folder_is_captioned_image_by_image_in_sorted_order(tmp_path, capsys):
 def test_a_folder_without_images_is_one_line_and_exit_1(tmp_path, capsys):
     assert caption_main([str(tmp_path), str(EXAMPLES[0]), "--weights", str(WEIGHTS)]) == 1
     captured = capsys.readouterr()
-    assert captured.err.strip() == f"{tmp_path}: a folder with no image files " \
+    assert captured.err.strip() == f"{tmp_path}: a folder (directory) with no image files " \
                                    f"({', '.join(__import__('captioner.images').images.IMAGE_SUFFIXES)})"
     assert captured.out.startswith(f"{EXAMPLES[0]}\t")
 
@@ -74,9 +74,11 @@ def _rendered(monkeypatch, tmp_path, photo, caption, grid, **kwargs):
 
     from captioner.render import render_attention
 
-    figures = []
+    figures, close = [], plt.close
     monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
     render_attention(photo, caption, grid, tmp_path / "o.png", **kwargs)
+    monkeypatch.setattr(plt, "close", close)
+    close(figures[0])  # still readable once closed; an open one would leak into later tests
     return figures[0]
 
 
