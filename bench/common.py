@@ -1,4 +1,4 @@
-"""Shared pieces of the performance benchmarks (issue 8): the benchmark model, photo-like JPEG
+"""Shared pieces of the performance benchmarks: the benchmark model, photo-like JPEG
 files, timing, and the lines every script prints (its command, the machine, the load)."""
 
 from __future__ import annotations

@@ -161,8 +161,9 @@ def _check_size(size) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    from .messages import first_sentence
+
+    return first_sentence(e)
 
 
 def _looks_like_text_file(path: str) -> bool:
@@ -258,6 +259,33 @@ def preprocess(image, size: int, resize: str = "crop") -> torch.Tensor:
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))    # (H, W, 3) -> (3, H, W)
 
 
+def preprocessing_for(model):
+    """The `encoder.Preprocessing` of `model` (a Captioner, or its ModelConfig): size, resize rule and
+    normalisation, from its configuration, so captioning, overlays and the Python API cannot disagree."""
+    from .encoder import preprocessing_for as for_config
+
+    return for_config(getattr(model, "config", model))
+
+
+# Files a folder given to caption.py is read for (case-insensitive), in sorted order.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".avif")
+
+
+def image_files(folder) -> list[str]:
+    """The image files directly inside `folder` (by suffix), sorted by name; raises ImageError (one
+    line) when it cannot be listed or holds none."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder)
+                       if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file())
+    except PermissionError:
+        raise ImageError("permission denied (cannot list the folder)") from None
+    except OSError as e:
+        raise ImageError(f"cannot list the folder ({e.strerror or _first_line(e)})") from None
+    if not names:
+        raise ImageError(f"a folder (directory) with no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return [os.path.join(folder, name) for name in names]
+
+
 def normalize(images: torch.Tensor, preprocessing=None) -> torch.Tensor:
     """uint8 images (B, 3, H, W) on any device -> float, normalised with the mean and std of
     `preprocessing` (a model's `encoder.Preprocessing`; default ImageNet's, as VGG was trained)."""
@@ -273,7 +301,7 @@ def normalize(images: torch.Tensor, preprocessing=None) -> torch.Tensor:
 READ_THREADS = 4
 
 
-def read_images(paths: Iterable, size: int, keep_photos: bool = False, ahead: int = 32,
+def read_images(paths: Iterable, size, keep_photos: bool = False, ahead: int = 32,
                 threads: int | None = None, resize: str = "crop") -> Iterator[tuple[object, Future]]:
     """Read image files with `load_image` + `preprocess` in a few threads, while the caller works
     on what was read before (caption.py encodes one batch while the next is read).
@@ -289,13 +317,19 @@ def read_images(paths: Iterable, size: int, keep_photos: bool = False, ahead: in
     started, a handed-out future among them then raising CancelledError; run to the end, it
     leaves every future to complete."""
     paths = list(paths)
+    if callable(size):  # a model's `encoder.Preprocessing` (see `preprocessing_for`)
+        prepare = size
+    else:  # a side in pixels, and the resize rule
+        from .encoder import Preprocessing
+
+        prepare = Preprocessing(size, resize)
     threads = min(READ_THREADS, os.cpu_count() or 1) if threads is None else threads
     threads = min(threads, len(paths))
     ahead = max(1, ahead)
 
     def read(path):
         photo = load_image(path)
-        pixels = preprocess(photo, size, resize)
+        pixels = prepare(photo)
         return (photo if keep_photos else None), pixels
 
     def read_here(path) -> Future:
