@@ -24,7 +24,10 @@ from .vocab import Vocabulary
 FORMAT = "captioner"
 FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "shapes_soft.pt"
+# The real-photo model (EfficientNet-Lite0 encoder, trained on Flickr8k): caption.py's default.
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "flickr8k_soft.pt"
+# The shipped model of each data set (evaluation's default for --dataset).
+SHIPPED_WEIGHTS = {"flickr8k": DEFAULT_WEIGHTS, "shapes": WEIGHTS_DIR / "shapes_soft.pt"}
 
 
 class CheckpointError(Exception):
@@ -237,7 +240,7 @@ def trained_on(data: dict) -> str | None:
 def load_captioner(path=None, device="cpu"):
     """The one loader for the CLI, evaluation and the notebook: (model in eval mode, vocabulary).
 
-    `path` defaults to the shipped demo checkpoint `weights/shapes_soft.pt`.
+    `path` defaults to the shipped real-photo model `weights/flickr8k_soft.pt`.
     """
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     data = read_checkpoint(path)

@@ -309,7 +309,8 @@ def caption_parser() -> argparse.ArgumentParser:
                         help="image files; a folder: the images inside it, in sorted order; -: one path per line "
                              "from standard input")
     parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="checkpoint file (default: the shipped demo checkpoint weights/shapes_soft.pt)")
+                        help="checkpoint file (default: the shipped real-photo model weights/flickr8k_soft.pt; "
+                             "weights/shapes_soft.pt is the shapes demo)")
     parser.add_argument("--beam-size", type=int, default=3,
                         help="beam width; 1 is greedy decoding (default: %(default)s)")
     parser.add_argument("--length-penalty", type=float, default=0.0,

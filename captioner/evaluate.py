@@ -192,7 +192,8 @@ def evaluate_results_file(args) -> dict:
 def evaluate_checkpoint(args) -> dict:
     import torch
 
-    from .checkpoint import DEFAULT_WEIGHTS, CheckpointError, build_from_checkpoint, read_checkpoint, trained_on
+    from .checkpoint import DEFAULT_WEIGHTS, SHIPPED_WEIGHTS, CheckpointError, build_from_checkpoint, read_checkpoint, \
+        trained_on
     from .cli import pick_device
     from .messages import first_sentence
     from .data import load_split
@@ -202,7 +203,8 @@ def evaluate_checkpoint(args) -> dict:
         device = pick_device(args.device)
     except ValueError as e:
         raise EvaluationError(str(e)) from None
-    path = Path(args.weights) if args.weights is not None else DEFAULT_WEIGHTS
+    # Without --weights: the shipped model of that data set where there is one (shapes, flickr8k).
+    path = Path(args.weights) if args.weights is not None else SHIPPED_WEIGHTS.get(args.dataset, DEFAULT_WEIGHTS)
     try:
         data = read_checkpoint(path)
         model, vocab = build_from_checkpoint(data, str(path))
@@ -219,7 +221,8 @@ def evaluate_checkpoint(args) -> dict:
               f"images say what it learned on {source}", file=sys.stderr)
     torch.manual_seed(args.seed)
     try:
-        images = load_split(args.dataset, args.split, image_size=model.config.image_size,
+        images = load_split(args.dataset, args.split, image_size=model.config.image_size, resize=model.config.resize,
+                            images=args.images,
                             num_images=args.num_images, seed=args.seed, data_root=args.data_root,
                             split_file=args.split_file)
     except (ValueError, OSError, KeyError) as e:
@@ -254,7 +257,7 @@ def evaluate_checkpoint(args) -> dict:
 
 
 def _relative(path: Path) -> str:
-    """`path` relative to the working directory where it lies below it (weights/shapes_soft.pt)."""
+    """`path` relative to the working directory where it lies below it (weights/flickr8k_soft.pt)."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -281,10 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "the images scored are the ones it names")
     model = parser.add_argument_group("decoding and scoring a checkpoint")
     model.add_argument("--weights", metavar="PATH",
-                       help="checkpoint file (default with --dataset: the shipped weights/shapes_soft.pt)")
+                       help="checkpoint file (default: the shipped model of --dataset, weights/shapes_soft.pt or "
+                            "weights/flickr8k_soft.pt; otherwise weights/flickr8k_soft.pt)")
     model.add_argument("--dataset", choices=DATASETS, help="data set whose split is decoded and scored")
     model.add_argument("--data-root", metavar="ROOT", help="folder holding the data set's images and annotations "
                                                            "(real data sets)")
+    model.add_argument("--images", metavar="DIR", help="folder of the photos when they are not under --data-root "
+                                                        "(flickr8k: the photos by file name)")
     model.add_argument("--split-file", metavar="FILE", help="Karpathy split file (real data sets)")
     model.add_argument("--split", default="test", choices=("train", "val", "test"),
                        help="split to decode (default: %(default)s)")

@@ -145,13 +145,11 @@ def photo_examples(paths) -> tuple[list[Example], list[str]]:
 def caption_examples(model, vocab, examples: list[Example], beam_size: int = 3, batch_size: int = 16,
                      length_penalty: float = 0.0) -> list[Caption]:
     """One beam-search `Caption` per example (its words, alphas, betas, candidates, locations)."""
-    from .images import preprocess
     from .inference import caption_batch
 
-    size = model.config.image_size
     captions: list[Caption] = []
     for start in range(0, len(examples), batch_size):
-        pixels = torch.stack([preprocess(e.photo, size) for e in examples[start:start + batch_size]])
+        pixels = torch.stack([model.preprocessing(e.photo) for e in examples[start:start + batch_size]])
         captions.extend(caption_batch(model, pixels, vocab, beam_size, length_penalty))
     return captions
 
@@ -317,10 +315,12 @@ def _panel_layout(fig, rows: int, cols: int, panel: float, left: float = 0.0, ti
         fig.suptitle(title, fontsize=fontsize, y=1 - 0.1 / height, va="top")
 
 
-def word_grid(example: Example, caption: Caption, grid_size: int, columns: int = 9):
+def word_grid(example: Example, caption: Caption, grid_size: int, columns: int = 9, preprocessing=None):
     """The photo, then one panel per word: that word's attention map upsampled smoothly over the photo,
     the word under the panel (with a tick or cross on colour and shape words: is the attention peak
-    in the named object's box?), ground-truth boxes dashed, hard attention's chosen cell outlined."""
+    in the named object's box?), ground-truth boxes dashed, hard attention's chosen cell outlined.
+    `preprocessing` (the model's `encoder.Preprocessing`): the maps lie over the region the model saw
+    (the whole frame for a model that squashes, the centre square for one that crops)."""
     from .render import _label_below, attention_figure
 
     plt = _pyplot()
@@ -328,7 +328,8 @@ def word_grid(example: Example, caption: Caption, grid_size: int, columns: int =
     labels = [w + {True: " \u2713", False: " \u2717", None: ""}[h] for w, h in zip(caption.words, hits)]
     fig = attention_figure(example.photo, caption.words, caption.alphas, grid_size, columns=columns,
                            boxes=example.boxes or None, marks=_marks(caption, grid_size), title=example.name,
-                           word_below=True, labels=labels, style="spotlight")
+                           word_below=True, labels=labels, style="spotlight",
+                           crop_box=preprocessing.crop_box(*example.photo.size) if preprocessing else None)
     fig.axes[0].set_title("")
     _label_below(fig.axes[0], example.name, fontsize=10)           # the picture's name under it, too
     rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
@@ -338,12 +339,13 @@ def word_grid(example: Example, caption: Caption, grid_size: int, columns: int =
     return _finish(fig, plt)
 
 
-def word_grids(examples: list[Example], captions: list[Caption], grid_size: int, columns: int = 9) -> None:
+def word_grids(examples: list[Example], captions: list[Caption], grid_size: int, columns: int = 9,
+               preprocessing=None) -> None:
     """Display `word_grid` of every example, in order."""
     from IPython.display import display
 
     for example, caption in zip(examples, captions):
-        display(word_grid(example, caption, grid_size, columns))
+        display(word_grid(example, caption, grid_size, columns, preprocessing))
 
 
 def beta_plot(captions: list[Caption], labels: list[str]):

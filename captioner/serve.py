@@ -104,6 +104,7 @@ class LoadedModel:
     image_size: int
     grid_size: int
     attention: str
+    preprocessing: object = None  # the model's encoder.Preprocessing (size, resize rule, normalisation)
 
 
 class ModelPool:
@@ -150,7 +151,8 @@ class ModelPool:
 
             optimize_for_cpu(model)  # as caption.py: same captions, faster (cpu_inference.py)
         config = model.config
-        return LoadedModel(name, model, vocab, config.image_size, config.grid_size, config.attention)
+        return LoadedModel(name, model, vocab, config.image_size, config.grid_size, config.attention,
+                           model.preprocessing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,19 +392,20 @@ def _small_picture(data: bytes) -> bool:
         return False
 
 
-def prepare_photo(data: bytes, size: int, preview: bool):
-    """Upload bytes -> (uint8 pixels (3, size, size), preview data: URL or None); ImageError if unusable."""
+def prepare_photo(data: bytes, preprocessing, preview: bool):
+    """Upload bytes -> (uint8 pixels (3, size, size), preview data: URL or None); ImageError if unusable.
+    `preprocessing`: the model's `encoder.Preprocessing` (as caption.py uses it)."""
     from PIL import Image
 
-    from .images import ImageError, decode_image, preprocess
-    from .render import centre_square
+    from .images import ImageError, decode_image
 
     photo = decode_image(data)
     try:
-        pixels = preprocess(photo, size)
+        pixels = preprocessing(photo)
         url = None
-        if preview:
-            square = centre_square(photo)
+        if preview:  # the region the model saw, as a square (squashed where the model squashes)
+            square = photo.crop(preprocessing.crop_box(*photo.size))
+            square = square.resize((min(square.size),) * 2, Image.BICUBIC)
             side = min(PREVIEW_SIDE[1], max(PREVIEW_SIDE[0], square.size[0]))
             buffer = io.BytesIO()
             square.resize((side, side), Image.BICUBIC).save(buffer, format="JPEG", quality=90)
@@ -438,7 +441,7 @@ def warm_up(loaded: LoadedModel, batcher: Batcher, beam_size: int) -> None:
 
     buffer = io.BytesIO()
     Image.new("RGB", (loaded.image_size, loaded.image_size), (128, 128, 128)).save(buffer, "PNG")
-    pixels, _ = prepare_photo(buffer.getvalue(), loaded.image_size, preview=False)
+    pixels, _ = prepare_photo(buffer.getvalue(), loaded.preprocessing, preview=False)
     batcher.submit(loaded, beam_size, pixels).result()
 
 
@@ -518,9 +521,9 @@ def create_app(models: dict[str, Path] | None = None, default: str | None = None
                 start = time.perf_counter()
                 try:
                     if not preview and _small_picture(form.image):
-                        pixels, url = prepare_photo(form.image, loaded.image_size, preview)
+                        pixels, url = prepare_photo(form.image, loaded.preprocessing, preview)
                     else:
-                        pixels, url = await anyio.to_thread.run_sync(prepare_photo, form.image, loaded.image_size,
+                        pixels, url = await anyio.to_thread.run_sync(prepare_photo, form.image, loaded.preprocessing,
                                                                      preview, limiter=decode_limiter)
                 except ImageError as e:
                     raise RequestError(422, f"image: {e}") from None

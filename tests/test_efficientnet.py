@@ -4,6 +4,7 @@ travels with the model, and checkpoints reference the package's weights instead 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_network_gives_the_logits_of_timm_and_of_the_companion_package(lite0):
         assert torch.allclose(ours, theirs.eval()(images), atol=1e-3, rtol=1e-4)
         assert torch.allclose(ours, companion.eval()(images), atol=1e-3, rtol=1e-4)
         # And the stride-16 features are timm's too (the grid the annotations come from).
-        assert torch.allclose(lite0.stride16(images), theirs.forward_intermediates(images, indices=[4],
+        assert torch.allclose(lite0.stride16(images), theirs.forward_intermediates(images, indices=[3],
                               intermediates_only=True)[0], atol=1e-4, rtol=1e-4)
 
 
@@ -198,3 +199,47 @@ def test_training_and_captioning_see_the_same_pixels(tmp_path):
     [(_, reading)] = list(read_images([wide], prep.size, resize=prep.resize))
     assert torch.equal(train.image(index), reading.result()[1])
     assert train.image(index).shape == (3, 48, 48)
+
+
+def test_tiny_flickr8k_with_a_separate_photo_folder_trains_and_its_checkpoint_captions_a_photo(tmp_path, capsys):
+    from captioner.cli import caption_main, train_main
+
+    from real_data_fixtures import make_flickr8k
+
+    root = make_flickr8k(tmp_path / "text", n_train=8)
+    photos = tmp_path / "photos"
+    (root / "Flicker8k_Dataset").rename(photos)                       # the photos live elsewhere
+    out = tmp_path / "run"
+    code = train_main(["--dataset", "flickr8k", "--data-root", str(root), "--images", str(photos),
+                       "--encoder", "efficientnet_lite0", "--encoder-layer", "stage5", "--image-size", "64",
+                       "--feature-cache", str(tmp_path / "cache"), "--embed-dim", "16", "--hidden-dim", "32",
+                       "--attention-dim", "16", "--steps", "3", "--eval-every", "3", "--batch-size", "4",
+                       "--min-count", "1", "--no-progress", "--out-dir", str(out)])
+    assert code == 0
+    assert not any(p.name.endswith(".jpg") for p in root.rglob("*"))   # nothing was copied next to the text
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "cache").iterdir()) == ["train", "val"]
+    capsys.readouterr()
+    photo = sorted(photos.iterdir())[0]
+    assert caption_main([str(photo), "--weights", str(out / "best.pt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert result["image"] == str(photo) and isinstance(result["caption"], str)
+
+
+def test_the_default_model_is_the_real_photo_model_and_captions_a_photo(capsys):
+    from captioner.checkpoint import DEFAULT_WEIGHTS, read_checkpoint, trained_on
+    from captioner.cli import caption_main
+
+    assert DEFAULT_WEIGHTS.name == "flickr8k_soft.pt"
+    assert DEFAULT_WEIGHTS.stat().st_size < 50 * 2**20
+    data = read_checkpoint(DEFAULT_WEIGHTS)
+    assert data["model_config"]["encoder"] == "efficientnet_lite0" and trained_on(data) == "flickr8k"
+    photo = ROOT / "examples" / "grace_hopper.jpg"
+    assert caption_main([str(photo), "--json", "--beam-size", "3"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    words = result["caption"].split()
+    assert 3 <= len(words) <= 20 and result["log_prob"] < 0
+    # A person in uniform: whatever the exact sentence, it is about a person.
+    assert PEOPLE & set(words), result["caption"]
+
+
+PEOPLE = {"man", "woman", "person", "men", "women", "people", "boy", "girl", "lady", "guy", "child", "soldier"}
