@@ -15,7 +15,7 @@ from captioner.attention import LocalWindow
 from captioner.config import TrainConfig
 from captioner.model import Captioner
 from captioner.training import batch_loss
-from conftest import random_annotations, tiny_config
+from conftest import order_one_weights, random_annotations, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORES = ["additive", "dot", "general", "scaled-dot", "multihead"]
@@ -148,7 +148,7 @@ def test_each_mechanism_overfits_a_tiny_batch(words_vocab, attention, score):
     from captioner.beam import beam_search
 
     torch.manual_seed(0)
-    model = Captioner(tiny_config(len(words_vocab), attention=attention, score=score))
+    model = order_one_weights(Captioner(tiny_config(len(words_vocab), attention=attention, score=score)))
     annotations = random_annotations(model, 4, seed=4)
     captions = random_captions(len(words_vocab), 4, 6)
     tc = TrainConfig(doubly_stochastic=0.0, entropy_weight=0.0)

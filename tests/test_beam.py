@@ -281,7 +281,7 @@ def test_beam_as_wide_as_the_vocabulary_equals_exhaustive_search_when_it_prunes_
 def test_candidates_hold_every_finished_caption_found_and_the_live_beams_at_max_len(make_model, words_vocab):
     model = make_model(2, max_len=6)
     with torch.no_grad():
-        model.decoder.L_o.bias[words_vocab.end] -= 0.6      # some beams finish, others run to max_len
+        model.decoder.L_o.bias[words_vocab.end] -= 0.8      # some beams finish, others run to max_len
     captions = beam_search(model, random_annotations(model, 8, 3), words_vocab, beam_size=4)
     kinds = set()
     assert {c.finished for c in captions} == {True, False}

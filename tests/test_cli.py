@@ -20,9 +20,11 @@ def run(*args, cwd=ROOT, timeout=300):
                           timeout=timeout)
 
 
-def test_shipped_demo_weights_exist_and_are_small():
+def test_shipped_weights_exist_and_are_small():
     assert DEFAULT_WEIGHTS.is_file()
-    assert DEFAULT_WEIGHTS.stat().st_size <= 25 * 2**20
+    assert DEFAULT_WEIGHTS.stat().st_size <= 50 * 2**20          # the real-photo model
+    for demo in ("shapes_soft.pt", "shapes_hard.pt"):
+        assert (ROOT / "weights" / demo).stat().st_size <= 25 * 2**20
 
 
 def test_caption_prints_path_tab_caption_per_image():
@@ -37,7 +39,7 @@ def test_caption_prints_path_tab_caption_per_image():
         assert words and words[0] == "a"
 
 
-@pytest.mark.parametrize("weights", [None, "weights/shapes_hard.pt"])
+@pytest.mark.parametrize("weights", ["weights/shapes_soft.pt", "weights/shapes_hard.pt"])
 def test_caption_of_a_shapes_image_names_its_colour_and_shape(tmp_path, weights):
     from PIL import Image
 
@@ -47,7 +49,7 @@ def test_caption_of_a_shapes_image_names_its_colour_and_shape(tmp_path, weights)
     scene = next(s for s in (make_scene(shapes_seed("test"), i) for i in range(100)) if len(s.objects) == 1)
     path = tmp_path / "one.png"
     Image.fromarray(scene.image).save(path)
-    result = run("caption.py", path, *(["--weights", ROOT / weights] if weights else []))
+    result = run("caption.py", path, "--weights", ROOT / weights)
     assert result.returncode == 0, result.stderr
     obj = scene.objects[0]
     assert f"{obj.colour} {obj.shape}" in result.stdout

@@ -9,7 +9,7 @@ import torch
 
 from captioner.attention import Attention
 from captioner.losses import caption_loss, doubly_stochastic
-from conftest import random_annotations, tiny_config
+from conftest import order_one_weights, random_annotations, tiny_config
 
 
 def random_captions(vocab_size: int, batch: int, steps: int, seed: int = 0, pad_from=None):
@@ -137,14 +137,11 @@ def test_a_tiny_batch_is_overfit(words_vocab):
     from captioner.model import Captioner
 
     torch.manual_seed(0)
-    # A batch-norm encoder: four noise images through a random plain VGG give annotations too alike
-    # (and too small beside the positional code) for the authors' N(0, 0.01^2) initialisation to
-    # tell apart quickly; real annotations (ImageNet features, batch-normed) are of order one.
-    model = Captioner(tiny_config(len(words_vocab), dropout=0.0, encoder="vgg_tiny_bn"))
+    model = order_one_weights(Captioner(tiny_config(len(words_vocab), dropout=0.0)))
     images = torch.randn(4, 3, 32, 32)
     captions = random_captions(len(words_vocab), 4, 6, seed=1, pad_from=[3, 6, 5, 4])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(600):
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(400):
         logits, alphas, _ = model(images, captions[:, :-1])
         loss = caption_loss(logits, alphas, captions[:, 1:], 0, doubly_stochastic_weight=0.0)
         optimizer.zero_grad()
@@ -173,3 +170,34 @@ def test_config_rejects_unknown_choices():
         tiny_config(10, encoder="resnet50")
     with pytest.raises(ValueError, match="attention must be one of"):
         tiny_config(10, attention="sparse")
+
+
+def test_decoder_starts_from_the_authors_initialisation():
+    """capgen.py's norm_weight / ortho_weight: N(0, 0.01^2) weights, orthogonal square matrices and
+    LSTM recurrent blocks, zero biases (PyTorch's embedding default would be N(0, 1))."""
+    from captioner.model import Captioner
+
+    torch.manual_seed(0)
+    decoder = Captioner(tiny_config(500, hidden_dim=32, embed_dim=16)).decoder
+    assert decoder.embedding.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert decoder.L_o.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    for block in decoder.lstm.weight_hh.chunk(4, dim=0):                   # (4n, n) -> 4 x (n, n)
+        assert torch.allclose(block @ block.T, torch.eye(32), atol=1e-5)
+    assert decoder.lstm.weight_ih.std().item() == pytest.approx(0.01, rel=0.1)
+    for name, p in decoder.named_parameters():
+        if name.endswith("bias") or name.endswith("bias_ih") or name.endswith("bias_hh"):
+            assert torch.count_nonzero(p) == 0, name
+
+
+def test_deep_output_applies_tanh_unless_the_checkpoint_predates_it():
+    from captioner.model import Captioner
+
+    torch.manual_seed(0)
+    tanh_model = Captioner(tiny_config(12)).eval()
+    linear_model = Captioner(tiny_config(12, deep_output="linear")).eval()
+    linear_model.load_state_dict(tanh_model.state_dict())
+    d = tanh_model.decoder
+    e, h, z = torch.randn(2, 16) * 3, torch.randn(2, 32), torch.randn(2, 32)
+    hidden = e + d.L_h(h) + d.L_z(z)
+    assert torch.allclose(d.output(e, h, z), d.L_o(torch.tanh(hidden)), atol=1e-6)
+    assert torch.allclose(linear_model.decoder.output(e, h, z), d.L_o(hidden), atol=1e-6)

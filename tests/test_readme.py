@@ -10,6 +10,8 @@ would write them; photo.jpg, more/, photos/ sample pictures). How each part is t
   pin must be requirements.txt's (`test_readme_installs_pin_the_same_torch_pair`).
 * `python -m pytest`: not run: it is this suite.
 * `cp ...`: not run: it would overwrite the shipped checkpoint.
+* `python -m captioner.serve`, `curl ...`: not run: a server runs until stopped; tests/test_serve.py and
+  tests/test_serve_browser.py start it and send the same requests.
 * `torchrun --nproc_per_node=N train.py FLAGS`: run as `python train.py FLAGS`, one process (the same
   argument and path checks; no four-process start on a two-core machine).
 * `train.py` on shapes: its flags as written plus SHORT_TRAINING (2 steps, 40 images, validation once).
@@ -42,6 +44,8 @@ NOT_RUN = {  # part of a command -> why it is not run
     r"\bpip install\b": "installs what CI has just installed (no network in tests)",
     r"-m pytest\b": "this very test suite",
     r"^cp\b": "would overwrite the shipped checkpoint",
+    r"-m captioner\.serve\b": "a server that runs until stopped; tests/test_serve*.py start it and send these requests",
+    r"^curl\b": "talks to the server above (tests/test_serve.py sends the same requests)",
 }
 
 
