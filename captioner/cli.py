@@ -81,10 +81,11 @@ MODEL_HELP = {
                      "(stride-16 stage output), expand (the 6x expansion that opens the next stage, 14x14), "
                      "head (1280 channels at 7x7, upsampled to 14x14)",
     "resize": "how a photo becomes the square input: crop (shorter side, centre crop) or squash (whole frame, "
-              "aspect ratio not kept; how the Flickr8k 224 photos were made) (default: crop for VGG, "
-              "squash for EfficientNet-Lite)",
+              "aspect ratio not kept; how the Flickr8k 224 photos were made)",
     "deep_output": "deep output layer L_o(tanh(E y + L_h h + L_z z)) as the authors' code (tanh), or "
                    "without the tanh (linear, checkpoints made before it)",
+    "init": "decoder initialisation: authors (N(0, 0.01^2) weights, orthogonal square and recurrent matrices, "
+            "zero biases, as capgen.py) or pytorch (PyTorch's layer defaults)",
     "encoder_dim": "D, size of an annotation vector (512 for VGG)",
     "embed_dim": "m, word embedding size",
     "hidden_dim": "n, LSTM state size",
@@ -119,9 +120,16 @@ RUN_GROUP = "run folder and output"
 NONE_TEXT = {"train_images": "all", "val_images": "all"}
 
 
+# What a default of "" means, per flag: the encoder family decides (config.ModelConfig.__post_init__).
+EMPTY_TEXT = {"encoder_layer": "conv5 for VGG, stage5 for EfficientNet-Lite",
+              "resize": "crop for VGG, squash for EfficientNet-Lite"}
+
+
 def _value_text(name: str, value) -> str:
     if value is None:
         return NONE_TEXT.get(name, "none")
+    if value == "" and name in EMPTY_TEXT:
+        return EMPTY_TEXT[name]
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
@@ -158,6 +166,7 @@ def _add_fields(parser, cls, helps, skip=(), defaults_none=False, groups=None):
         choices = {"dataset": DATASETS, "encoder": ENCODERS, "attention": ATTENTIONS, "score": SCORES,
                    "positional": POSITIONAL, "hard_test": ("expected", "argmax"), "resize": ("crop", "squash"),
                    "encoder_layer": ("conv5", "stage5", "expand", "head"), "deep_output": ("tanh", "linear"),
+                   "init": ("authors", "pytorch"),
                    "lr_schedule": ("onecycle", "plateau", "constant"), "reference_loss": REFERENCE_LOSSES}.get(f.name)
         target.add_argument(flag, type=caster, default=default, choices=choices, help=help_text)
 
@@ -189,9 +198,13 @@ def train_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         groups.setdefault(f.name, run_group)
     # argparse prints groups in the order they were made: data, ..., encoder weights, run; model last.
-    model_group = parser.add_argument_group("model (unset: the data set's defaults)")
+    encoder_group = parser.add_argument_group("model: encoder and input (unset: the data set's defaults)")
+    model_group = parser.add_argument_group("model: decoder and attention (unset: the data set's defaults)")
     _add_fields(parser, TrainConfig, TRAIN_HELP, defaults_none=True, groups=groups)
-    _add_fields(model_group, ModelConfig, MODEL_HELP, skip=("vocab_size",), defaults_none=True)
+    encoder_fields = ("encoder", "image_size", "encoder_dim", "encoder_layer", "resize")
+    _add_fields(encoder_group, ModelConfig, MODEL_HELP, skip=("vocab_size",) + tuple(
+        f.name for f in dataclasses.fields(ModelConfig) if f.name not in encoder_fields), defaults_none=True)
+    _add_fields(model_group, ModelConfig, MODEL_HELP, skip=("vocab_size",) + encoder_fields, defaults_none=True)
     run_group.add_argument("--device", default="auto",
                            help="cpu, cuda, cuda:N, or auto (CUDA when available) (default: auto)")
     add_version(run_group)

@@ -16,7 +16,8 @@ deep output's input (sec. 5.2). Eq. (7) prints no non-linearity, but without one
 and so do we (ModelConfig.deep_output = "tanh"; "linear" keeps older checkpoints as trained).
 
 Initialisation follows the authors' code too: weights N(0, 0.01^2), square matrices and the
-LSTM's four recurrent blocks orthogonal, biases zero (`Decoder.reset_parameters`).
+LSTM's four recurrent blocks orthogonal, biases zero (`Decoder.reset_parameters`; ModelConfig.init
+"pytorch" keeps PyTorch's defaults, which the shapes demo measured better at its budget).
 
 The mechanism (ModelConfig.attention) decides what the LSTM reads as sum_i alpha_ti a_i above:
     soft   the expected context phi = sum_i alpha_ti a_i                       sec. 4.2
@@ -119,7 +120,8 @@ class Decoder(nn.Module):
             self.register_buffer("position", sinusoidal_2d(c.grid_size, c.encoder_dim), persistent=False)
         else:
             self.position = None
-        self.reset_parameters()
+        if c.init == "authors":
+            self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

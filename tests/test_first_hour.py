@@ -252,8 +252,8 @@ def test_evaluate_without_weights_names_the_default_model_and_warns_on_another_d
     empty.mkdir()
     assert main(["--dataset", "coco", "--data-root", str(empty), "--no-java"]) == 2
     err = capsys.readouterr().err
-    assert "model: " in err and "shapes_soft.pt" in err and "the default" in err
-    assert "warning: " in err and "trained on shapes, not coco" in err
+    assert "model: " in err and "flickr8k_soft.pt" in err and "the default" in err
+    assert "warning: " in err and "trained on flickr8k, not coco" in err
 
 
 def test_checkpoints_written_by_training_record_their_data_set(tmp_path, capsys):
