@@ -85,7 +85,7 @@ MODEL_HELP = {
     "deep_output": "deep output layer L_o(tanh(E y + L_h h + L_z z)) as the authors' code (tanh), or "
                    "without the tanh (linear, checkpoints made before it)",
     "init": "decoder initialisation: authors (N(0, 0.01^2) weights, orthogonal square and recurrent matrices, "
-            "zero biases, as capgen.py) or pytorch (PyTorch's layer defaults)",
+            "zero biases, as capgen.py) or pytorch (each PyTorch layer's own initialisation)",
     "encoder_dim": "D, size of an annotation vector (512 for VGG)",
     "embed_dim": "m, word embedding size",
     "hidden_dim": "n, LSTM state size",
