@@ -14,9 +14,11 @@ torchvision is imported only when ImageNet weights are asked for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,6 +319,14 @@ def lite_weights_path(name: str) -> Path:
 
 
 def file_sha256(path) -> str:
+    """SHA-256 of a file; remembered per (path, size, mtime), since training saves a checkpoint naming
+    the encoder package's 19 MB weights file at every validation."""
+    info = os.stat(path)
+    return _file_sha256(str(path), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -390,8 +400,3 @@ def build_encoder(config) -> nn.Module:
         return encoder
     return Encoder(config.encoder, config.encoder_dim)
 
-
-def lite_encoder_dim(name: str, layer: str) -> int:
-    width, _ = _LITE_SCALING[name]
-    c16 = _round_channels(112, width)
-    return {"stage5": c16, "expand": c16 * 6, "head": 1280}[layer]

@@ -120,7 +120,6 @@ def test_checkpoint_references_the_package_weights_with_a_checksum(tmp_path):
     from captioner.vocab import Vocabulary
 
     torch.manual_seed(0)
-    model = _lite_model()
     vocab = Vocabulary.build([["a", "dog"]] * 2 + [[f"w{i}"] * 5 for i in range(6)], 1)
     model = _lite_model(len(vocab))
     path = tmp_path / "lite.pt"
