@@ -13,10 +13,8 @@ It is never used by the package.
     python bench/tutorial_reference.py [--images 32] [--beam-size 3] [--repeats 3] [--end-to-end]
 
 Timed on the same annotations (VGG-16 at 224: 196 x 512 per image), interleaved:
-  ours                   `beam_search`, all images at once, the model as caption.py runs it
-                         (`captioner.cpu_inference.optimize_for_cpu`)
-  tutorial               the reference on torch's own layers, as a tutorial runs them
-  tutorial_same_layers   the reference on caption.py's layers: what batching alone gives
+  ours                   `beam_search`, all images at once
+  tutorial               the reference, one image at a time
 Every caption must be identical, or the script fails. `--end-to-end` also times JPEG files to
 captions, the tutorial encoding one image at a time (NCHW, torch's default), ours in one batch.
 """
@@ -24,7 +22,6 @@ captions, the tutorial encoding one image at a time (NCHW, torch's default), our
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import statistics
 import sys
@@ -91,7 +88,7 @@ def tutorial_beam_search(model, annotations: torch.Tensor, vocab, beam_size: int
                     keep.append(parent.row)
             hyps = new_hyps
             if keep:                                            # the state rows of the new live hypotheses
-                state = state.index_select(torch.tensor(keep))
+                state = state.with_rows(torch.tensor(keep))
         hyps = done + hyps                                      # the live ones reached max_len
         best = max(hyps, key=lambda h: h.score)
         words = vocab.decode(best.tokens)
@@ -106,7 +103,6 @@ def main(argv=None) -> int:
     from bench.common import (bench_model, environment, load_jpegs, print_command, sample_annotations,
                               threads_from_args, timed, write_jpegs)
     from captioner.beam import beam_search
-    from captioner.cpu_inference import optimize_for_cpu
     from captioner.inference import caption_batch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -124,9 +120,7 @@ def main(argv=None) -> int:
     threads_from_args(args.threads)
     print_command()
     print(environment(RUNTIME))
-    plain, vocab = bench_model(args.vocab, args.hidden)  # torch's own layers, as a tutorial runs them
-    model = copy.deepcopy(plain)                          # the same weights, as caption.py runs them
-    optimize_for_cpu(model)
+    model, vocab = bench_model(args.vocab, args.hidden)
     annotations = sample_annotations(model, args.images)
     k = args.beam_size
     print(f"model: VGG-16 at 224 (random weights), vocabulary {len(vocab)}, embed 512, hidden {args.hidden}, "
@@ -134,12 +128,11 @@ def main(argv=None) -> int:
 
     runs = {  # name -> what it times
         "ours": lambda: beam_search(model, annotations, vocab, beam_size=k),
-        "tutorial": lambda: tutorial_beam_search(plain, annotations, vocab, beam_size=k),
-        "tutorial_same_layers": lambda: tutorial_beam_search(model, annotations, vocab, beam_size=k),
+        "tutorial": lambda: tutorial_beam_search(model, annotations, vocab, beam_size=k),
     }
     with torch.inference_mode():
         ours = runs["ours"]()                                                    # warm-up, and the captions
-        for name in ("tutorial", "tutorial_same_layers"):
+        for name in ("tutorial",):
             theirs = runs[name]()
             same = sum(o.words == t["words"] for o, t in zip(ours, theirs))
             worst = max(abs(o.log_prob - t["log_prob"]) for o, t in zip(ours, theirs))
@@ -157,10 +150,8 @@ def main(argv=None) -> int:
             times[name].append(timed(fn))
     med = {name: statistics.median(v) for name, v in times.items()}
     print(f"decode {args.images} images (annotations given), medians of {args.repeats}: ours {med['ours']:.3f} s, "
-          f"tutorial-style {med['tutorial']:.3f} s, tutorial-style on our CPU layers "
-          f"{med['tutorial_same_layers']:.3f} s")
-    for name, label in (("tutorial", "speed-up over the tutorial-style decoder"),
-                        ("tutorial_same_layers", "of which batching alone (both on our CPU layers)")):
+          f"tutorial-style {med['tutorial']:.3f} s")
+    for name, label in (("tutorial", "speed-up over the tutorial-style decoder"),):
         ratios = [r / o for o, r in zip(times["ours"], times[name])]
         print(f"  {label}: median {statistics.median(ratios):.2f}x "
               f"(per repeat {', '.join(f'{r:.2f}' for r in ratios)})")
@@ -180,8 +171,8 @@ def main(argv=None) -> int:
                 out = []
                 for path in paths:                     # one image at a time, as the tutorials do
                     with torch.inference_mode():
-                        maps = plain.encoder.features(normalize(load_jpegs([path], 224)))   # NCHW, torch's default
-                        out += tutorial_beam_search(plain, maps.flatten(2).transpose(1, 2), vocab, beam_size=k)
+                        maps = model.encoder.features(normalize(load_jpegs([path], 224)))   # NCHW, torch's default
+                        out += tutorial_beam_search(model, maps.flatten(2).transpose(1, 2), vocab, beam_size=k)
                 return out
 
             same = sum(o.words == t["words"] for o, t in zip(ours_e2e(), tutorial_e2e()))

@@ -76,7 +76,7 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     first = dataclasses.replace(first, **{f.name: getattr(first, f.name).index_select(0, rows)
                                           for f in dataclasses.fields(first)
                                           if isinstance(getattr(first, f.name), torch.Tensor)})
-    state = state.index_select(rows)
+    state = state.with_rows(rows)                                                 # h, c: one row per beam
     if mask is not None:
         mask = mask.index_select(0, rows)
 
@@ -114,7 +114,7 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
         parent = torch.div(flat, V, rounding_mode="floor")                        # (B, K)
         word = flat % V                                                           # (B, K)
 
-        state = state.reorder_within_image((image_offset + parent).view(-1))      # (B, K) -> (N,)
+        state = state.with_rows((image_offset + parent).view(-1))                 # (B, K) -> (N,)
         history = torch.cat([history.gather(1, parent.unsqueeze(-1).expand_as(history)),
                              word.unsqueeze(-1)], dim=2)
         step_alphas = out.alphas.float().view(B, K, L).gather(1, parent.unsqueeze(-1).expand(B, K, L))

@@ -300,10 +300,6 @@ def _caption(args) -> int:
     except (CheckpointError, ValueError) as e:
         return _fail(str(e))
     model.requires_grad_(False)  # decoding only (caption_batch runs under inference mode); global grad mode untouched
-    if device.type == "cpu":
-        from .cpu_inference import optimize_for_cpu
-
-        optimize_for_cpu(model)  # oneDNN matrix products, tanh via sigmoid: same captions, faster (cpu_inference.py)
     size = model.config.image_size
     failed = 0
     pending: list[tuple[str, object, torch.Tensor]] = []
