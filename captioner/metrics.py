@@ -1,209 +1,60 @@
-"""Caption metrics computed the way the coco-caption toolkit (pycocoevalcap) computes them.
+"""Caption scores (BLEU, METEOR, ROUGE-L, CIDEr) by the official coco-caption toolkit, pycocoevalcap.
 
-BLEU here is corpus-level with the toolkit's "closest reference length" brevity penalty and its
-smoothing constants, so that numbers match its tables. Inputs are already tokenised.
-
-Also here: ROUGE-L and CIDEr-D as the toolkit computes them, its tokenisation (the Stanford PTB
-tokeniser it ships, run through Java, or `ptb_tokenize`, a pure-Python imitation for machines
-without Java), METEOR through the toolkit's own Java wrapper, and `coco_scores`, which puts them
-together the way `pycocoevalcap.eval.COCOEvalCap` does (less SPICE). pycocoevalcap is imported
-only inside the functions that run Java, so `import captioner` never loads it.
+BLEU-1..4, ROUGE-L and CIDEr-D come from the toolkit's own scorers (pure Python, no Java). What
+the toolkit lacks is here: `ptb_tokenize`, a pure-Python imitation of its Stanford PTB tokeniser
+for machines without Java; guards around its Java programs (the tokeniser, run with the same
+flags but from a private folder, and METEOR), so that a missing or failing Java becomes a
+one-line `JavaError` or a warning; and `coco_scores`, which puts them together the way
+`pycocoevalcap.eval.COCOEvalCap` does (less SPICE), with every image's scores as well.
+pycocoevalcap is imported only inside functions, so `import captioner` never loads it.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-_TINY, _SMALL = 1e-15, 1e-9  # the toolkit's constants (bleu_scorer.py)
+def toolkit_scores(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
+                   metrics: Sequence[str] = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
+                   ) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """BLEU-1..4, ROUGE-L and CIDEr-D of tokenised captions by the toolkit's own scorers (pure
+    Python: `pycocoevalcap`'s Bleu, Rouge and Cider): (overall, per image, in order).
 
-
-def _ngrams(words: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
-
-
-def bleu_stats(hypothesis: Sequence[str], references: Sequence[Sequence[str]], n: int = 4):
-    """(test length, closest reference length, guesses per order, matches per order)."""
-    max_ref = Counter()
-    for ref in references:
-        for gram, count in _ngrams(ref, n).items():
-            max_ref[gram] = max(max_ref[gram], count)
-    hyp = _ngrams(hypothesis, n)
-    length = len(hypothesis)
-    # Closest reference length; ties go to the shorter reference, as in the toolkit.
-    ref_len = min((abs(len(r) - length), len(r)) for r in references)[1]
-    guess = [max(0, length - k) for k in range(n)]
-    correct = [0] * n
-    for gram, count in hyp.items():
-        correct[len(gram) - 1] += min(count, max_ref.get(gram, 0))
-    return length, ref_len, guess, correct
-
-
-def corpus_bleu(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
-                n: int = 4) -> list[float]:
-    """BLEU-1..n over a corpus, each image's hypothesis scored against all its references."""
+    BLEU is corpus-level ("closest" reference length), its per-image values the toolkit's
+    per-image ones; ROUGE-L is the mean of the images'; CIDEr-D's document frequencies come from
+    the set scored. Captions are joined with spaces, as the toolkit's tokeniser leaves them."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
-    test_len = ref_len = 0
-    guess, correct = [0] * n, [0] * n
-    for hyp, refs in zip(hypotheses, references):
-        if not refs:
-            raise ValueError("an image has no references")
-        t, r, g, c = bleu_stats(hyp, refs, n)
-        test_len += t
-        ref_len += r
-        guess = [a + b for a, b in zip(guess, g)]
-        correct = [a + b for a, b in zip(correct, c)]
-    return _bleu_from_stats(test_len, ref_len, guess, correct)
-
-
-def _bleu_from_stats(test_len: int, ref_len: int, guess: Sequence[int], correct: Sequence[int]) -> list[float]:
-    """BLEU-1..n from summed counts; the same formula serves one image and the whole corpus."""
-    scores, product = [], 1.0
-    for k in range(len(guess)):
-        product *= (correct[k] + _TINY) / (guess[k] + _SMALL)
-        scores.append(product ** (1.0 / (k + 1)))
-    ratio = (test_len + _TINY) / (ref_len + _SMALL)
-    if ratio < 1:
-        scores = [s * math.exp(1 - 1 / ratio) for s in scores]
-    return scores
-
-
-def sentence_bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], n: int = 4) -> list[float]:
-    """BLEU-1..n of one image, as the toolkit reports it per image (its corpus score is not their mean)."""
-    return _bleu_from_stats(*bleu_stats(hypothesis, references, n))
-
-
-def bleu_scores(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
-                n: int = 4) -> tuple[list[float], list[list[float]]]:
-    """(corpus BLEU-1..n, BLEU-1..n of every image): the counts are gathered once for both."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
-    test_len = ref_len = 0
-    guess, correct = [0] * n, [0] * n
-    per_image = []
-    for hyp, refs in zip(hypotheses, references):
-        if not refs:
-            raise ValueError("an image has no references")
-        t, r, g, c = bleu_stats(hyp, refs, n)
-        per_image.append(_bleu_from_stats(t, r, g, c))
-        test_len += t
-        ref_len += r
-        guess = [a + b for a, b in zip(guess, g)]
-        correct = [a + b for a, b in zip(correct, c)]
-    return _bleu_from_stats(test_len, ref_len, guess, correct), per_image
-
-
-# ----------------------------------------------------------------------------------------------
-# ROUGE-L
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token lists.
-
-    Bit-parallel (Allison and Dix 1986; Hyyro 2004): one machine-word-style update per token
-    of `a` on a Python integer holding a bit per token of `b`, instead of a len(a) x len(b)
-    table, which makes ROUGE-L on 25,000 reference pairs cheap in pure Python.
-    """
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return 0
-    positions: dict[str, int] = {}
-    for i, word in enumerate(b):
-        positions[word] = positions.get(word, 0) | (1 << i)
-    full = (1 << len(b)) - 1
-    v = full  # a 1 bit marks a position of b not yet in the common subsequence
-    for word in a:
-        u = v & positions.get(word, 0)
-        v = ((v + u) | (v - u)) & full
-    return len(b) - bin(v).count("1")
-
-
-def rouge_l(hypothesis: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2) -> float:
-    """ROUGE-L of one image as the toolkit computes it: the F-measure (beta 1.2) of the best
-    LCS precision and the best LCS recall, each maximised over the references separately."""
-    if not references:
+    if any(len(refs) == 0 for refs in references):
         raise ValueError("an image has no references")
-    # The toolkit splits tokenised captions on single spaces, so an empty caption is one empty
-    # token (length 1, matching only another empty caption); do the same to keep its numbers.
-    hyp = list(hypothesis) or [""]
-    precision = recall = 0.0
-    for ref in references:
-        ref = list(ref) or [""]
-        common = lcs_length(ref, hyp)
-        precision = max(precision, common / len(hyp))
-        recall = max(recall, common / len(ref))
-    if precision == 0 or recall == 0:
-        return 0.0
-    return (1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision)
+    res = {i: [" ".join(h)] for i, h in enumerate(hypotheses)}
+    gts = {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)}
+    overall: dict[str, float] = {}
+    per_image: list[dict[str, float]] = [{} for _ in hypotheses]
+    if any(m.startswith("Bleu") for m in metrics):
+        from pycocoevalcap.bleu.bleu import Bleu
 
+        bleu, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
+        for k in range(4):
+            overall[f"Bleu_{k + 1}"] = float(bleu[k])
+            for row, value in zip(per_image, bleu_each[k]):
+                row[f"Bleu_{k + 1}"] = float(value)
+    for name, module, cls in (("ROUGE_L", "pycocoevalcap.rouge.rouge", "Rouge"),
+                              ("CIDEr", "pycocoevalcap.cider.cider", "Cider")):
+        if name in metrics:
+            import importlib
 
-# ----------------------------------------------------------------------------------------------
-# CIDEr-D
-
-
-def cider_d(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]], n: int = 4,
-            sigma: float = 6.0) -> tuple[float, list[float]]:
-    """CIDEr-D (Vedantam et al. 2015) as the toolkit's `Cider` scorer computes it: (mean, per image).
-
-    Each caption becomes one tf-idf vector per n-gram order (raw counts times
-    log(#images) - log(max(1, document frequency))), where the document frequency of an n-gram is
-    the number of images of *this evaluated set* whose references contain it, so scores depend on
-    the set scored (as in the toolkit). For each reference, per order: the hypothesis weights
-    clipped at the reference's, dotted with the reference's, over both norms, times a Gaussian
-    penalty exp(-(length difference)^2 / (2 sigma^2)). Averaged over orders and references, x10.
-    """
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
-    if not hypotheses:
-        return 0.0, []
-    ref_counts = [[_ngrams(ref, n) for ref in refs] for refs in references]
-    document_frequency: Counter = Counter()
-    for refs in ref_counts:
-        document_frequency.update({gram for counts in refs for gram in counts})
-    log_images = math.log(float(len(hypotheses)))
-
-    def vectorise(counts: Counter):
-        vectors = [{} for _ in range(n)]
-        norms = [0.0] * n
-        for gram, tf in counts.items():
-            weight = tf * (log_images - math.log(max(1.0, document_frequency[gram])))
-            vectors[len(gram) - 1][gram] = weight
-            norms[len(gram) - 1] += weight * weight
-        return vectors, [math.sqrt(x) for x in norms]
-
-    scores = []
-    for hyp, refs, counts_per_ref in zip(hypotheses, references, ref_counts):
-        if not refs:
-            raise ValueError("an image has no references")
-        hyp_vec, hyp_norm = vectorise(_ngrams(hyp, n))
-        total = 0.0
-        for ref, ref_counts_one in zip(refs, counts_per_ref):
-            ref_vec, ref_norm = vectorise(ref_counts_one)
-            # The toolkit measures length in bigrams; the difference is the same as in words
-            # whenever both captions are non-empty, and otherwise every cosine below is zero.
-            penalty = math.exp(-((len(hyp) - len(ref)) ** 2) / (2 * sigma ** 2))
-            for k in range(n):
-                dot = 0.0
-                ref_k = ref_vec[k]
-                for gram, weight in hyp_vec[k].items():
-                    other = ref_k.get(gram)
-                    if other is not None:
-                        dot += min(weight, other) * other   # clipping: repeating a word earns nothing
-                if hyp_norm[k] != 0 and ref_norm[k] != 0:
-                    dot /= hyp_norm[k] * ref_norm[k]
-                total += dot * penalty
-        scores.append(total / n / len(refs) * 10.0)
-    return sum(scores) / len(scores), scores
+            score, each = getattr(importlib.import_module(module), cls)().compute_score(gts, res)
+            overall[name] = float(score)
+            for row, value in zip(per_image, each):
+                row[name] = float(value)
+    return overall, per_image
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,29 +376,19 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
 
             worker = threading.Thread(target=run_meteor, name="meteor", daemon=True)
             worker.start()
-        bleu, bleu_each = bleu_scores(hyp_tokens, ref_tokens)
-        rouge_each = ([rouge_l(h, refs) for h, refs in zip(hyp_tokens, ref_tokens)] if "ROUGE_L" in metrics
-                      else [0.0] * len(hyp_tokens))
-        cider, cider_each = (cider_d(hyp_tokens, ref_tokens) if "CIDEr" in metrics
-                             else (0.0, [0.0] * len(hyp_tokens)))
+        overall, per_image = toolkit_scores(hyp_tokens, ref_tokens, metrics)
     finally:
         if worker is not None:
             worker.join()
         if scorer is not None:
             _close_meteor(scorer)
 
-    overall = {f"Bleu_{k + 1}": b for k, b in enumerate(bleu)}
-    per_image = [{f"Bleu_{k + 1}": b for k, b in enumerate(each)} for each in bleu_each]
     if "value" in meteor_result:
         overall["METEOR"] = meteor_result["value"][0]
         for row, value in zip(per_image, meteor_result["value"][1]):
             row["METEOR"] = value
     elif "error" in meteor_result and use_java:
         warnings.append(f"METEOR: omitted: {meteor_result['error']}")
-    overall["ROUGE_L"] = sum(rouge_each) / len(rouge_each)
-    overall["CIDEr"] = cider
-    for row, r, c in zip(per_image, rouge_each, cider_each):
-        row["ROUGE_L"], row["CIDEr"] = r, c
     return CocoScores({k: overall[k] for k in METRICS if k in overall and k in metrics},
                       [{k: row[k] for k in METRICS if k in row and k in metrics} for row in per_image],
                       "java-ptb" if use_java else "python-ptb", warnings)

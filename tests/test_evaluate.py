@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from captioner import evaluate, metrics
-from captioner.metrics import ptb_tokenize, sentence_bleu
+from captioner.metrics import BLEU, ptb_tokenize, toolkit_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java (the toolkit's tokeniser, METEOR)")
@@ -126,8 +126,9 @@ def test_per_image_file_holds_every_image_scores_in_results_order(files, tmp_pat
     assert [row["image_id"] for row in rows] == list(RESULTS)
     assert [row["caption"] for row in rows] == list(RESULTS.values())
     for row in rows:
-        expected = sentence_bleu(ptb_tokenize(row["caption"]), [ptb_tokenize(r) for r in REFERENCES[row["image_id"]]])
-        assert [row[f"Bleu_{k}"] for k in range(1, 5)] == pytest.approx(expected)
+        refs = [ptb_tokenize(r) for r in REFERENCES[row["image_id"]]]
+        expected = toolkit_scores([ptb_tokenize(row["caption"])], [refs], BLEU)[0]       # one image alone
+        assert [row[m] for m in BLEU] == pytest.approx([expected[m] for m in BLEU])
         assert {"ROUGE_L", "CIDEr"} <= set(row)
     summary = last_json(out)
     assert summary["ROUGE_L"] == pytest.approx(sum(row["ROUGE_L"] for row in rows) / len(rows))
