@@ -12,8 +12,18 @@ import os
 import sys
 from pathlib import Path
 
-from .config import (ATTENTIONS, DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS, ENCODERS, POSITIONAL,
-                     REFERENCE_LOSSES, SCORES, ModelConfig, TrainConfig, train_config_for)
+from .config import (
+    ATTENTIONS,
+    DATASET_MODEL_DEFAULTS,
+    DATASET_TRAIN_DEFAULTS,
+    ENCODERS,
+    POSITIONAL,
+    REFERENCE_LOSSES,
+    SCORES,
+    ModelConfig,
+    TrainConfig,
+    train_config_for,
+)
 
 TRAIN_HELP = {
     "dataset": "data set: shapes (built in, no files), coco, flickr8k, flickr30k",

@@ -54,7 +54,7 @@ class DecoderState:
     annotations: torch.Tensor  # (B, L, D), position-encoded if configured
     keys: torch.Tensor         # (B, L, *) the attention's precomputed annotation projection
 
-    def with_rows(self, index: torch.Tensor) -> "DecoderState":
+    def with_rows(self, index: torch.Tensor) -> DecoderState:
         """Recurrent state rows `index` (beam expansion and reordering; a row only ever takes the
         state of a row of the same image), the per-image tensors as they are."""
         return DecoderState(self.h.index_select(0, index), self.c.index_select(0, index),

@@ -13,13 +13,17 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # A declared size above this is refused before any pixel is decoded (decompression bombs).
 MAX_PIXELS = 89_478_485  # PIL's own warning threshold (0.25 GiB at 24 bits per pixel)
@@ -37,7 +41,7 @@ class ImageError(Exception):
     """An image that cannot be used; str() is a single line naming the problem."""
 
 
-def load_image(path) -> "Image.Image":
+def load_image(path) -> Image.Image:
     """Open `path` as an RGB PIL image: transparency composited on white, EXIF orientation applied,
     first frame of animations. Raises ImageError with a one-line reason otherwise; no other exception
     escapes, whatever the file holds."""
@@ -173,7 +177,7 @@ def _apply_orientation(im):
     return im.transpose(method) if method is not None else im
 
 
-def _to_rgb(im) -> "Image.Image":
+def _to_rgb(im) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; alpha (or palette/tRNS transparency) is composited on white."""
     from PIL import Image
 

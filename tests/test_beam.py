@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 
 import pytest
 import torch
+from conftest import random_annotations
 
 from captioner.beam import beam_search
-from conftest import random_annotations
+
 
 def reference_greedy(model, annotations, vocab, max_len):
     """Obviously-correct greedy decoding: one image at a time, argmax at every step."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_annotations, tiny_config
 
 from captioner.config import TrainConfig
 from captioner.losses import hard_attention_loss, update_baseline
 from captioner.model import Captioner
 from captioner.training import batch_loss
-from conftest import random_annotations, tiny_config
 
 
 def peaked(model, scale: float = 8.0):

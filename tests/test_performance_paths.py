@@ -1,11 +1,10 @@
 """Issue 8's speed work changes how things are computed, never what comes out: the batched beam
-search against the tutorial-style per-image reference of bench/, the CPU decoding path of
+search against the tutorial-style per-image reference (tutorial_beam.py), the CPU decoding path of
 the beam search's per-image attention against per-row copies, the int8 decoder, channels-last VGG, the lazy package import and
 the process settings of caption.py. Behaviour only: nothing here is timed."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -14,15 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_annotations
+from tutorial_beam import tutorial_beam_search
 
 from captioner.beam import beam_search
 from captioner.encoder import Encoder
 from captioner.vocab import SPECIALS, Vocabulary
-from conftest import random_annotations
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.tutorial_reference import tutorial_beam_search  # noqa: E402
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Captioning throughput with a VGG-16 encoder at 224x224, against the bare VGG-16 forward pass.
 
-    python bench/caption_speed.py [--images 32] [--beam-size 3] [--repeats 5] [--vocab 10000] [--hidden 1024] [--rss]
+    python -m bench.speed.caption_speed [--images 32] [--beam-size 3] [--repeats 5] [--vocab 10000] [--hidden 1024] [--rss]
 
 End to end = read and decode the JPEG files (640x480, as COCO's photos), resize and centre-crop
 to 224, normalise, VGG-16 encoder, batched beam search, Caption objects: exactly what caption.py
@@ -25,9 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 from captioner.runtime import configure_cpu_process  # noqa: E402  (does not load torch)
 
@@ -36,11 +34,20 @@ RUNTIME = configure_cpu_process() if __name__ == "__main__" and "--default-runti
 
 import torch  # noqa: E402
 
-from bench.common import (bench_model, environment, load_jpegs, peak_rss_mib, print_command,  # noqa: E402
-                          threads_from_args, timed, timed_both, write_jpegs)
+from bench.common import (  # noqa: E402
+    bench_model,
+    environment,
+    load_jpegs,
+    peak_rss_mib,
+    print_command,
+    threads_from_args,
+    timed,
+    timed_both,
+    write_jpegs,
+)
 from captioner.beam import beam_search  # noqa: E402
-from captioner.inference import caption_batch, quantize_decoder  # noqa: E402
 from captioner.images import normalize  # noqa: E402
+from captioner.inference import caption_batch, quantize_decoder  # noqa: E402
 
 
 def rss_child(images: int, beam_size: int, vocab_size: int, hidden: int) -> None:
@@ -146,13 +153,13 @@ def main(argv=None) -> int:
           f"{statistics.median(cpu[best]) / statistics.median(cpu['total']):.3f}")
 
     if args.rss:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--images", str(n), "--beam-size",
+        cmd = [sys.executable, "-m", "bench.speed.caption_speed", "--rss-child", "--images", str(n), "--beam-size",
                str(args.beam_size), "--vocab", str(args.vocab), "--hidden", str(args.hidden)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         if args.default_runtime:
             cmd += ["--default-runtime"]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
         before, after = (float(x) for x in done.stdout.split())
         print(f"peak RSS captioning {n} JPEG files in a fresh process: {after:.0f} MiB "
               f"(model built and files written: {before:.0f} MiB)")
