@@ -76,9 +76,8 @@ def score_captions(captions: list[Caption], images, grid_size: int) -> dict[str,
 def quantize_decoder(model):
     """A copy of `model` for CPU captioning whose decoder's LSTM cell and linear layers outside
     attention run in int8 (torch's dynamic quantisation: weights stored in int8, activations
-    quantised per batch). About twice as fast a beam search on the CPU as float32; the
-    log-probabilities move by about 1e-2, so some captions differ from the float32 model's
-    (BENCHMARKS.md). Decoding only: the copy cannot be trained or saved as a checkpoint."""
+    quantised per batch). About twice as fast a beam search on the CPU as float32
+    (BENCHMARKS.md); the numbers are not float32's, so some captions may differ. Decoding only: the copy cannot be trained or saved as a checkpoint."""
     import copy
     import warnings
 
