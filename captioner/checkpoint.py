@@ -173,8 +173,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    from .messages import first_sentence
+
+    return first_sentence(e)
 
 
 def build_from_checkpoint(data: dict, name: str = "checkpoint"):
@@ -214,6 +215,23 @@ def build_from_checkpoint(data: dict, name: str = "checkpoint"):
     except (RuntimeError, TypeError) as e:
         raise CheckpointError(f"{name}: weights do not fit the model ({_first_line(e)})") from None
     return model, vocab
+
+
+def trained_on(data: dict) -> str | None:
+    """The data set a checkpoint was trained on: recorded by train.py (`dataset`, or the run's
+    configuration in last.pt); for older files without it, "shapes" when every word of the vocabulary
+    is one the shapes generator writes; None when unknown."""
+    if isinstance(data.get("dataset"), str):
+        return data["dataset"]
+    config = (data.get("train_state") or {}).get("train_config") or {}
+    if isinstance(config.get("dataset"), str):
+        return config["dataset"]
+    from .data.shapes import COLOURS, RELATIONS, SHAPES
+    from .vocab import SPECIALS
+
+    shapes_words = {*COLOURS, *SHAPES, *" ".join(RELATIONS.values()).split(), "a", "there", "is", "single"}
+    words = set((data.get("vocab") or {}).get("itos") or []) - set(SPECIALS)
+    return "shapes" if words and words <= shapes_words else None
 
 
 def load_captioner(path=None, device="cpu"):

@@ -24,9 +24,10 @@ from .config import (
     TrainConfig,
     train_config_for,
 )
+from .messages import first_sentence
 
 TRAIN_HELP = {
-    "dataset": "data set: shapes (built in, no files), coco, flickr8k, flickr30k",
+    "dataset": "data set: shapes is built in (no files); the others are read from --data-root",
     "data_root": "folder holding the data set's images and annotations",
     "images": "folder of the photos when they are not under --data-root (flickr8k: the photos by file name; "
               "Karpathy split files: the folder their file paths start from); read in place, never copied",
@@ -52,7 +53,7 @@ TRAIN_HELP = {
     "num_workers": "DataLoader worker processes (image decoding, feature-cache reads); 0 reads in the main "
                    "process. Real photos want several",
     "strict": "stop with an error when an annotation's image is missing, unreadable or outside --data-root "
-              "(default: skip such images and report them in one line)",
+              "(off: skip such images and report them in one line)",
     "reference_loss": "each: every reference caption is a training example (the paper's); any: batches of "
                       "images with all their references, loss -log sum_r p(reference_r | image), so the model "
                       "may settle on one wording (shapes: one order of the objects)",
@@ -84,7 +85,7 @@ TRAIN_HELP = {
 }
 
 MODEL_HELP = {
-    "encoder": f"encoder network: {', '.join(ENCODERS)} (default vgg19; vgg_tiny_bn for shapes)",
+    "encoder": f"encoder network: {', '.join(ENCODERS)}",
     "image_size": "input image side in pixels (224 gives a 14x14 grid with VGG and EfficientNet-Lite)",
     "encoder_layer": "where the annotation vectors are read: conv5 (VGG's conv5_4); EfficientNet-Lite: stage5 "
                      "(stride-16 stage output), expand (the 6x expansion that opens the next stage, 14x14), "
@@ -111,49 +112,99 @@ MODEL_HELP = {
 }
 
 
+# train.py's flags in the groups --help shows them in; a TrainConfig field not named here goes to "run".
+TRAIN_GROUPS = {
+    "data (unset: the data set's defaults)": (
+        "dataset", "data_root", "images", "split_file", "train_images", "val_images", "min_count", "num_workers", "strict",
+        "group_by_length", "feature_cache"),
+    "optimisation": ("steps", "batch_size", "lr", "weight_decay", "lr_schedule", "lr_decay", "grad_clip",
+                     "doubly_stochastic", "reference_loss", "seed", "amp"),
+    "validation and early stopping": ("eval_every", "eval_images", "eval_beam_size", "patience"),
+    "hard attention (--attention hard)": ("baseline_decay", "entropy_weight", "expectation_prob",
+                                          "reinforce_weight", "expectation_warmup"),
+    "encoder weights": ("pretrained", "encoder_weights", "from_scratch", "finetune_encoder", "freeze_encoder"),
+}
+RUN_GROUP = "run folder and output"
+# What a default of None means, per flag, in --help ("all", not "None").
+NONE_TEXT = {"train_images": "all", "val_images": "all"}
+
+
+def _value_text(name: str, value) -> str:
+    if value is None:
+        return NONE_TEXT.get(name, "none")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
 def _default_text(cls, f) -> str:
     """The default a flag left unset gets: the dataclass's, or per data set where they differ."""
+    if f.name == "out_dir":
+        return "runs/DATASET"
     table = DATASET_TRAIN_DEFAULTS if cls is TrainConfig else DATASET_MODEL_DEFAULTS
     special = {name: d[f.name] for name, d in table.items() if f.name in d and d[f.name] != f.default}
-    text = str(f.default)
+    text = _value_text(f.name, f.default)
     if special:
-        text += "; " + ", ".join(f"{name}: {value}" for name, value in special.items())
+        text += "; " + ", ".join(f"{name}: {_value_text(f.name, value)}" for name, value in special.items())
     return text
 
 
-def _add_fields(parser, cls, helps, skip=(), defaults_none=False):
+def _add_fields(parser, cls, helps, skip=(), defaults_none=False, groups=None):
+    """One flag per dataclass field. `groups`: field name -> argument group (others go to `parser`)."""
+    from .data import DATASETS
+
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
+        target = (groups or {}).get(f.name, parser)
         flag = "--" + f.name.replace("_", "-")
         default = None if defaults_none else f.default
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        help_text = helps[f.name]
+        help_text = helps[f.name] + f" (default: {_default_text(cls, f)})"
         if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         caster = {"int": int, "float": float}.get(kind.replace(" | None", ""), str)
-        choices = {"encoder": ENCODERS, "attention": ATTENTIONS, "resize": ("crop", "squash"),
-                   "encoder_layer": ("conv5", "stage5", "expand", "head"), "deep_output": ("tanh", "linear"), "score": SCORES, "positional": POSITIONAL,
-                   "hard_test": ("expected", "argmax"),
+        choices = {"dataset": DATASETS, "encoder": ENCODERS, "attention": ATTENTIONS, "score": SCORES,
+                   "positional": POSITIONAL, "hard_test": ("expected", "argmax"), "resize": ("crop", "squash"),
+                   "encoder_layer": ("conv5", "stage5", "expand", "head"), "deep_output": ("tanh", "linear"),
                    "lr_schedule": ("onecycle", "plateau", "constant"), "reference_loss": REFERENCE_LOSSES}.get(f.name)
-        suffix = f" (default: {_default_text(cls, f)})"
-        parser.add_argument(flag, type=caster, default=default, choices=choices, help=help_text + suffix)
+        target.add_argument(flag, type=caster, default=default, choices=choices, help=help_text)
+
+
+def _prog(script: str) -> str:
+    """The name the user typed: `caption.py`, or a console entry point such as `captioner-caption`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("captioner-") else script
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s (captioner {__version__})")
 
 
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="train.py", description="Train a Show, Attend and Tell captioner.",
+        prog=_prog("train.py"), description="Train a Show, Attend and Tell captioner.",
         epilog="Checkpoints are written atomically; a run killed at any moment continues with --resume exactly "
                "as if it had not stopped. Ctrl-C (or SIGTERM) finishes the current step, saves last.pt and exits "
                "with status 130; a second Ctrl-C leaves at once. Exit status 2: bad input, or training stopped "
                "with an error (non-finite loss: last.pt keeps the last good state).")
-    _add_fields(parser.add_argument_group("training run (unset: the data set's defaults)"), TrainConfig, TRAIN_HELP,
-                defaults_none=True)
-    _add_fields(parser.add_argument_group("model (unset: the data set's defaults)"), ModelConfig, MODEL_HELP,
-                skip=("vocab_size",), defaults_none=True)
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:N, or auto (CUDA when available) (default: auto)")
+    groups = {}
+    for title, names in TRAIN_GROUPS.items():
+        group = parser.add_argument_group(title)
+        groups.update(dict.fromkeys(names, group))
+    run_group = parser.add_argument_group(RUN_GROUP)
+    for f in dataclasses.fields(TrainConfig):
+        groups.setdefault(f.name, run_group)
+    # argparse prints groups in the order they were made: data, ..., encoder weights, run; model last.
+    model_group = parser.add_argument_group("model (unset: the data set's defaults)")
+    _add_fields(parser, TrainConfig, TRAIN_HELP, defaults_none=True, groups=groups)
+    _add_fields(model_group, ModelConfig, MODEL_HELP, skip=("vocab_size",), defaults_none=True)
+    run_group.add_argument("--device", default="auto",
+                           help="cpu, cuda, cuda:N, or auto (CUDA when available) (default: auto)")
+    add_version(run_group)
     return parser
 
 
@@ -166,8 +217,18 @@ def pick_device(name: str):
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if device.type == "meta":  # tensors without data: nothing could be computed
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if device.type != "cpu":
+        # A device torch knows but this build or machine lacks (mps on Linux, xpu, cuda:7 of 1 GPU)
+        # fails only when the first tensor lands there: try one now, so it is this one line.
+        try:
+            torch.empty(1, device=device)
+        except Exception as e:  # noqa: BLE001 - each backend raises its own kind
+            reason = first_sentence(e)
+            raise ValueError(f"--device {name}: this torch build or machine cannot use it ({reason})") from None
     return device
 
 
@@ -176,16 +237,17 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _check_paths(args) -> str | None:
-    """The first problem with a path flag of train.py, as one line; None when all are usable."""
-    out = Path(args.out_dir)
+def _check_paths(tc: TrainConfig) -> str | None:
+    """The first problem with a path flag of train.py, as one line; None when all are usable.
+    Reads the resolved configuration: --out-dir left unset is the data set's default (runs/DATASET)."""
+    out = Path(tc.out_dir)
     if out.exists() and not out.is_dir():
         return f"{out}: --out-dir must be a folder (it is created if missing), and this is a file"
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        return f"{args.data_root}: --data-root must be an existing folder"
-    for flag, value in (("--split-file", args.split_file), ("--encoder-weights", args.encoder_weights)):
-        in_root = (flag == "--split-file" and value is not None and args.data_root is not None
-                   and (Path(args.data_root) / value).is_file())
+    if tc.data_root is not None and not Path(tc.data_root).is_dir():
+        return f"{tc.data_root}: --data-root must be an existing folder"
+    for flag, value in (("--split-file", tc.split_file), ("--encoder-weights", tc.encoder_weights)):
+        in_root = (flag == "--split-file" and value is not None and tc.data_root is not None
+                   and (Path(tc.data_root) / value).is_file())
         if value is not None and not Path(value).is_file() and not in_root:  # a split file may lie in the data root
             what = "is a folder" if Path(value).is_dir() else "does not exist"
             return f"{value}: {flag} must be a file, and this {what}"
@@ -202,9 +264,11 @@ def train_main(argv=None) -> int:
         pick_device(args.device)  # validates --device before any process group is joined
     except ValueError as e:
         return _fail(str(e))
-    problem = _check_paths(args)
+    problem = _check_paths(tc)
     if problem:
         return _fail(problem)
+    # Folders this run would create: a run that fails before writing anything leaves none of them behind.
+    new_folders = [p for p in (Path(tc.out_dir), *Path(tc.out_dir).parents) if not p.exists()]
     from .distributed import cleanup, setup
     from .training import TrainingError, train
 
@@ -214,8 +278,10 @@ def train_main(argv=None) -> int:
         dist, device = setup(args.device)
     except (ValueError, RuntimeError) as e:
         return _fail(f"cannot start distributed training ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    finished = False
     try:
         summary = train(tc, overrides, device, dist=dist)
+        finished = True
     except (TrainingError, ValueError) as e:
         return _fail(str(e))
     except OSError as e:  # disk full, permissions, ...: one line, never a traceback
@@ -226,32 +292,65 @@ def train_main(argv=None) -> int:
         return 130
     finally:
         cleanup(dist)
+        if not finished and dist.is_main:
+            _remove_empty(new_folders)
     if dist.is_main:
         print(json.dumps({k: summary[k] for k in ("steps", "best_bleu4", "stop", "best_checkpoint")}))
     # Ctrl-C (or SIGTERM) saved last.pt and left: 130, as for any command stopped by Ctrl-C.
     return 130 if summary["stop"] == "interrupted" else 0
 
 
+def _remove_empty(folders) -> None:
+    """rmdir each of `folders` (deepest first) that is still empty; anything written there stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def caption_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="caption.py", description="Caption images with a Show, Attend and Tell model.",
+        prog=_prog("caption.py"), description="Caption images with a Show, Attend and Tell model.",
         epilog="Prints '<image><TAB><caption>' per image that could be read, and '<image>: <reason>' on stderr per "
                "image that could not. Exit status: 0 all captioned, 1 some image could not be read, 2 bad flags "
-               "or weights.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files to caption")
-    parser.add_argument("--weights", default=None,
-                        help="checkpoint file (default: the shipped demo weights/shapes_soft.pt)")
-    parser.add_argument("--beam-size", type=int, default=3, help="beam width; 1 is greedy decoding")
+               "or weights.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files; a folder: the images inside it, in sorted order; -: one path per line "
+                             "from standard input")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="checkpoint file (default: the shipped demo checkpoint weights/shapes_soft.pt)")
+    parser.add_argument("--beam-size", type=int, default=3,
+                        help="beam width; 1 is greedy decoding (default: %(default)s)")
     parser.add_argument("--length-penalty", type=float, default=0.0,
-                        help="rank hypotheses by log-prob / length**this (0: plain log-probability)")
+                        help="rank hypotheses by log-prob / length**this (default: %(default)s, plain "
+                             "log-probability)")
     parser.add_argument("--attention", metavar="DIR", default=None,
-                        help="write an attention overlay PNG per image into DIR/<image stem>.png")
+                        help="write an attention overlay PNG per image into DIR/<image stem>.png (a second image "
+                             "with the same stem gets <stem>-2.png, and a note on stderr says so)")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object per image (image, caption, log_prob, candidates)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images decoded together")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+                        help="print one JSON object per image (image, caption, log_prob, candidates; overlay with "
+                             "--attention) (default: off)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images decoded together (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    add_version(parser)
     return parser
+
+
+def log_prob_value(value: float) -> float:
+    """A log-probability rounded for output; never -0.0 (a sure caption rounds to 0.0)."""
+    return round(float(value), 4) + 0.0
+
+
+def _overlay_name(path: str, taken: dict[str, str]) -> str:
+    """<stem>.png, or <stem>-2.png, -3, ... when an earlier image of this run already has that name."""
+    stem = Path(path).stem or "image"
+    name, k = f"{stem}.png", 1
+    while name in taken:
+        k += 1
+        name = f"{stem}-{k}.png"
+    taken[name] = path
+    return name
 
 
 MAX_BEAM = 100
@@ -301,7 +400,7 @@ def _caption(args) -> int:
     import torch
 
     from .checkpoint import CheckpointError, load_captioner
-    from .images import ImageError, read_images
+    from .images import ImageError, image_files, preprocessing_for, read_images
     from .inference import caption_batch
 
     try:
@@ -310,9 +409,10 @@ def _caption(args) -> int:
     except (CheckpointError, ValueError) as e:
         return _fail(str(e))
     model.requires_grad_(False)  # decoding only (caption_batch runs under inference mode); global grad mode untouched
-    size = model.config.image_size
+    preprocessing = preprocessing_for(model)
     failed = 0
     pending: list[tuple[str, object, torch.Tensor]] = []
+    overlays: dict[str, str] = {}  # overlay file name -> the image it shows (two stems may be equal)
 
     def flush():
         nonlocal failed
@@ -321,18 +421,27 @@ def _caption(args) -> int:
         pixels = torch.stack([p[2] for p in pending])
         captions = caption_batch(model, pixels, vocab, args.beam_size, args.length_penalty)
         for (path, photo, _), caption in zip(pending, captions):
+            out = None
+            if args.attention is not None:
+                out = Path(args.attention) / _overlay_name(path, overlays)
+                if out.stem != Path(path).stem:
+                    print(f"note: {_shown(path)}: overlay written to {_shown(str(out))} ({Path(path).stem}.png "
+                          f"shows {_shown(overlays[Path(path).stem + '.png'])})", file=sys.stderr, flush=True)
             if args.json:
-                print(json.dumps({"image": path, "caption": caption.text, "log_prob": round(caption.log_prob, 4),
-                                  "candidates": [{"caption": " ".join(w), "log_prob": round(lp, 4)}
-                                                 for w, lp in caption.candidates]}), flush=True)
+                record = {"image": path, "caption": caption.text, "log_prob": log_prob_value(caption.log_prob),
+                          "candidates": [{"caption": " ".join(w), "log_prob": log_prob_value(lp)}
+                                         for w, lp in caption.candidates]}
+                if out is not None:
+                    record["overlay"] = str(out)
+                print(json.dumps(record), flush=True)
             else:
                 print(f"{_shown(path)}\t{caption.text}", flush=True)
-            if args.attention is not None:
+            if out is not None:
                 from .render import render_attention
 
-                out = Path(args.attention) / (Path(path).stem + ".png")
                 try:
-                    render_attention(photo, caption, model.config.grid_size, out)
+                    render_attention(photo, caption, model.config.grid_size, out,
+                                     crop_box=preprocessing.crop_box(*photo.size))
                 except OSError as e:
                     print(f"{_shown(path)}: cannot write {out} ({e.strerror or e})", file=sys.stderr, flush=True)
                     failed += 1
@@ -341,13 +450,25 @@ def _caption(args) -> int:
     # Files are read a batch ahead in a few threads (images.read_images), so the next batch is being
     # decoded while this one is encoded; results and messages still come in the order given. The
     # picture itself is only kept for --attention's overlay.
-    with contextlib.closing(read_images(args.images, size, keep_photos=args.attention is not None,
+    paths, folder_errors = [], {}
+    for given in args.images:
+        if given == "-":  # one path per line on standard input (`find ... | caption.py -`)
+            paths.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
+        elif os.path.isdir(given):  # the images inside, in sorted order (not its subfolders)
+            try:
+                paths.extend(image_files(given))
+            except ImageError as e:  # reported in its turn, among the other inputs' lines
+                folder_errors[given] = e
+                paths.append(given)
+        else:
+            paths.append(given)
+    with contextlib.closing(read_images(paths, preprocessing, keep_photos=args.attention is not None,
                                         ahead=args.batch_size)) as reads:
         for path, reading in reads:
             try:
                 photo, pixels = reading.result()
             except ImageError as e:
-                print(f"{_shown(path)}: {e}", file=sys.stderr, flush=True)
+                print(f"{_shown(path)}: {folder_errors.get(path, e)}", file=sys.stderr, flush=True)
                 failed += 1
                 continue
             except (MemoryError, ValueError, OSError) as e:  # resizing a readable but odd picture
@@ -360,3 +481,16 @@ def _caption(args) -> int:
                 flush()
     flush()
     return 1 if failed else 0
+
+
+def caption_command() -> None:
+    """The `captioner-caption` console entry point: what `python caption.py` does."""
+    from .runtime import configure_cpu_process, exit_now
+
+    configure_cpu_process()  # before torch loads: see captioner/runtime.py
+    exit_now(caption_main())
+
+
+def train_command() -> None:
+    """The `captioner-train` console entry point: what `python train.py` does."""
+    sys.exit(train_main())

@@ -359,6 +359,18 @@ class Preprocessing:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
 
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the region of a width x height photo that the model sees."""
+        from .images import crop_box
+
+        return crop_box(width, height, self.resize)
+
+    def __call__(self, image) -> torch.Tensor:
+        """RGB PIL image -> uint8 (3, size, size) tensor (normalise it with `images.normalize`)."""
+        from .images import preprocess
+
+        return preprocess(image, self.size, self.resize)
+
 
 def preprocessing_for(config) -> Preprocessing:
     """The Preprocessing of a ModelConfig."""

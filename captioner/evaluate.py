@@ -192,27 +192,38 @@ def evaluate_results_file(args) -> dict:
 def evaluate_checkpoint(args) -> dict:
     import torch
 
-    from .checkpoint import CheckpointError, load_captioner
+    from .checkpoint import DEFAULT_WEIGHTS, CheckpointError, build_from_checkpoint, read_checkpoint, trained_on
     from .cli import pick_device
     from .data import load_split
     from .inference import caption_set
+    from .messages import first_sentence
 
     try:
         device = pick_device(args.device)
     except ValueError as e:
         raise EvaluationError(str(e)) from None
+    path = Path(args.weights) if args.weights is not None else DEFAULT_WEIGHTS
     try:
-        model, vocab = load_captioner(args.weights, device)
+        data = read_checkpoint(path)
+        model, vocab = build_from_checkpoint(data, str(path))
     except CheckpointError as e:
         raise EvaluationError(str(e)) from None
+    model.to(device).eval()
+    # Which model is scored, always on stderr: without --weights it is the shipped default, whatever --dataset.
+    source = trained_on(data)
+    shown = _relative(path)
+    print(f"model: {shown}{'' if args.weights is not None else ' (the default; choose one with --weights)'}, "
+          f"trained on {source or 'an unrecorded data set'}", file=sys.stderr)
+    if source is not None and source != args.dataset:
+        print(f"warning: {shown} was trained on {source}, not {args.dataset}: its captions of {args.dataset} "
+              f"images say what it learned on {source}", file=sys.stderr)
     torch.manual_seed(args.seed)
     try:
         images = load_split(args.dataset, args.split, image_size=model.config.image_size,
                             num_images=args.num_images, seed=args.seed, data_root=args.data_root,
                             split_file=args.split_file)
     except (ValueError, OSError, KeyError) as e:
-        raise EvaluationError(f"{args.dataset} {args.split} split: {str(e).splitlines()[0] if str(e) else e!r}"
-                              ) from None
+        raise EvaluationError(f"{args.dataset} {args.split} split: {first_sentence(e)}") from None
     if len(images) == 0:
         raise EvaluationError(f"the {args.dataset} {args.split} split has no images")
     start = time.perf_counter()
@@ -242,11 +253,20 @@ def evaluate_checkpoint(args) -> dict:
 # Command line
 
 
+def _relative(path: Path) -> str:
+    """`path` relative to the working directory where it lies below it (weights/shapes_soft.pt)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import _prog, add_version
     from .data import DATASETS
 
     parser = argparse.ArgumentParser(
-        prog="python -m captioner.evaluate",
+        prog=_prog("python -m captioner.evaluate"),
         description="Score captions with the coco-caption toolkit's metrics (BLEU-1..4, METEOR, ROUGE-L, "
                     "CIDEr; fractions, as the toolkit reports them), either a results file against "
                     "references or a checkpoint's decoding of a data set split. The last line of stdout "
@@ -292,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-java", action="store_true",
                         help="do not use Java even where it is installed: pure-Python PTB tokenisation, no "
                              "METEOR (what happens anyway where Java is missing)")
+    add_version(parser)
     return parser
 
 

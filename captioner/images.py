@@ -1,7 +1,8 @@
 """Reading images from disk and turning them into model input.
 
-Every image a user gives (caption.py, notebook helpers, data sets) goes through `load_image`,
-which either returns an RGB picture or raises `ImageError` with a one-line reason. `read_images`
+Every image a user gives (caption.py, notebook helpers, data sets) goes through `load_image`
+(`decode_image` for one held in memory, as the web server's uploads are), which either returns
+an RGB picture or raises `ImageError` with a one-line reason. `read_images`
 reads many files that way in a few threads, in order and a bounded number ahead (caption.py).
 """
 
@@ -45,8 +46,6 @@ def load_image(path) -> Image.Image:
     """Open `path` as an RGB PIL image: transparency composited on white, EXIF orientation applied,
     first frame of animations. Raises ImageError with a one-line reason otherwise; no other exception
     escapes, whatever the file holds."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         path = os.fspath(path)
         info = os.stat(path)
@@ -64,9 +63,30 @@ def load_image(path) -> Image.Image:
         raise ImageError("not a regular file (a device, pipe or socket)")
     if info.st_size == 0:
         raise ImageError("empty file (0 bytes)")
+    return _decode(path, lambda: _looks_like_text_file(path))
+
+
+def decode_image(data) -> Image.Image:
+    """`load_image` for an image held in memory (bytes, e.g. an upload): the same checks, the same
+    RGB picture or the same one-line `ImageError`, and nothing is read from or written to disk."""
+    import io
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"not image data ({type(data).__name__})")
+    data = bytes(data)
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return _decode(io.BytesIO(data), lambda: _looks_like_text(data[:512]))
+
+
+def _decode(source, looks_like_text) -> Image.Image:
+    """Decode `source` (a path or a binary file object) as load_image describes; `looks_like_text()`
+    is asked only for data no image format recognised."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with _quiet_warnings():
-            with Image.open(path, formats=_formats()) as im:
+            with Image.open(source, formats=_formats()) as im:
                 _check_size(im.size)  # from the header alone, before any pixel is decoded
                 im.seek(0)  # first frame of an animation
                 im.load()
@@ -75,7 +95,7 @@ def load_image(path) -> Image.Image:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        if _looks_like_text(path):
+        if looks_like_text():
             raise ImageError("a text file, not an image") from None
         raise ImageError(f"not an image, or not in a supported format ({FORMAT_NAMES})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -145,19 +165,28 @@ def _check_size(size) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    from .messages import first_sentence
+
+    return first_sentence(e)
 
 
-def _looks_like_text(path: str) -> bool:
-    """The first 512 bytes are UTF-8 text (for a clearer refusal than "not an image")."""
-    import codecs
-
+def _looks_like_text_file(path: str) -> bool:
+    """The file's first 512 bytes are UTF-8 text (for a clearer refusal than "not an image")."""
     try:
         with open(path, "rb") as f:
             head = f.read(512)
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at byte 512 is fine
-    except (OSError, UnicodeDecodeError):
+    except OSError:
+        return False
+    return _looks_like_text(head)
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """`head` (a file's first 512 bytes) is UTF-8 text; a character cut at its end is fine."""
+    import codecs
+
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
         return False
     return b"\x00" not in head and bool(head.strip())
 
@@ -234,6 +263,33 @@ def preprocess(image, size: int, resize: str = "crop") -> torch.Tensor:
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))    # (H, W, 3) -> (3, H, W)
 
 
+def preprocessing_for(model):
+    """The `encoder.Preprocessing` of `model` (a Captioner, or its ModelConfig): size, resize rule and
+    normalisation, from its configuration, so captioning, overlays and the Python API cannot disagree."""
+    from .encoder import preprocessing_for as for_config
+
+    return for_config(getattr(model, "config", model))
+
+
+# Files a folder given to caption.py is read for (case-insensitive), in sorted order.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".avif")
+
+
+def image_files(folder) -> list[str]:
+    """The image files directly inside `folder` (by suffix), sorted by name; raises ImageError (one
+    line) when it cannot be listed or holds none."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder)
+                       if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file())
+    except PermissionError:
+        raise ImageError("permission denied (cannot list the folder)") from None
+    except OSError as e:
+        raise ImageError(f"cannot list the folder ({e.strerror or _first_line(e)})") from None
+    if not names:
+        raise ImageError(f"a folder (directory) with no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return [os.path.join(folder, name) for name in names]
+
+
 def normalize(images: torch.Tensor, preprocessing=None) -> torch.Tensor:
     """uint8 images (B, 3, H, W) on any device -> float, normalised with the mean and std of
     `preprocessing` (a model's `encoder.Preprocessing`; default ImageNet's, as VGG was trained)."""
@@ -249,7 +305,7 @@ def normalize(images: torch.Tensor, preprocessing=None) -> torch.Tensor:
 READ_THREADS = 4
 
 
-def read_images(paths: Iterable, size: int, keep_photos: bool = False, ahead: int = 32,
+def read_images(paths: Iterable, size, keep_photos: bool = False, ahead: int = 32,
                 threads: int | None = None, resize: str = "crop") -> Iterator[tuple[object, Future]]:
     """Read image files with `load_image` + `preprocess` in a few threads, while the caller works
     on what was read before (caption.py encodes one batch while the next is read).
@@ -265,13 +321,19 @@ def read_images(paths: Iterable, size: int, keep_photos: bool = False, ahead: in
     started, a handed-out future among them then raising CancelledError; run to the end, it
     leaves every future to complete."""
     paths = list(paths)
+    if callable(size):  # a model's `encoder.Preprocessing` (see `preprocessing_for`)
+        prepare = size
+    else:  # a side in pixels, and the resize rule
+        from .encoder import Preprocessing
+
+        prepare = Preprocessing(size, resize)
     threads = min(READ_THREADS, os.cpu_count() or 1) if threads is None else threads
     threads = min(threads, len(paths))
     ahead = max(1, ahead)
 
     def read(path):
         photo = load_image(path)
-        pixels = preprocess(photo, size, resize)
+        pixels = prepare(photo)
         return (photo if keep_photos else None), pixels
 
     def read_here(path) -> Future:

@@ -10,6 +10,10 @@ Dimensions:
     init_state(annotations), step(tokens, state) -> one decoding step (used by beam search)
 
 The loss lives in `losses.py`; decoding lives in `beam.py`.
+
+For users, two calls (the Python API, see the README):
+    model = Captioner.load()                     # a checkpoint (default: the shipped one), vocabulary attached
+    model.caption("photo.jpg", beam_size=3)      # paths, PIL images or tensors -> `Caption`s
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from .encoder import build_encoder, preprocessing_for
 
 
 class Captioner(nn.Module):
+    vocab = None  # the Vocabulary, attached by `load` (a model built from a config has none)
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -49,6 +55,62 @@ class Captioner(nn.Module):
             for module in _frozen_subtrees(self.encoder):
                 module.eval()
         return self
+
+    @classmethod
+    def load(cls, path=None, device="cpu") -> Captioner:
+        """The model of a checkpoint file (default: the shipped default checkpoint), in eval mode on
+        `device`, with its vocabulary as `.vocab`. Raises CheckpointError (one line) for a bad file."""
+        from .checkpoint import load_captioner
+
+        model, vocab = load_captioner(path, device)
+        model.vocab = vocab
+        return model
+
+    def caption(self, images, beam_size: int = 3, length_penalty: float = 0.0, batch_size: int = 32,
+                vocab=None):
+        """Caption one image or a list of them; returns one `Caption` (or a list, for a list).
+
+        An image is a file path, an RGB PIL image, or a tensor (3, H, W) (uint8 0..255, or float
+        0..1), of any size: each goes through the model's own preprocessing
+        (`images.preprocessing_for`), as in caption.py. A (B, 3, H, W) tensor is B images.
+        A `Caption` has `.text`, `.words`, `.log_prob` (natural log, <end> included), `.candidates`
+        (the beam's (words, log_prob), best first) and `.alphas`, the attention map of every word
+        as (len(words), L) weights over the annotation grid: `.alphas.view(-1, model.grid_size,
+        model.grid_size)`; `captioner.render.render_attention` draws them over the picture.
+        An unreadable file raises `images.ImageError` with a one-line reason."""
+        from .images import ImageError, load_image, preprocessing_for
+        from .inference import caption_batch
+
+        vocab = vocab if vocab is not None else self.vocab
+        if vocab is None:
+            raise ValueError("this model has no vocabulary: load it with Captioner.load(path), or pass vocab=")
+        if not 1 <= beam_size:
+            raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+        single = not isinstance(images, (list, tuple)) and not (torch.is_tensor(images) and images.dim() == 4)
+        items = [images] if single else list(images)
+        prepare = preprocessing_for(self)
+        pixels = []
+        for item in items:
+            if torch.is_tensor(item):
+                photo = _tensor_to_pil(item)
+            elif hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
+                photo = item.convert("RGB")
+            else:
+                try:
+                    photo = load_image(item)
+                except ImageError as e:
+                    raise ImageError(f"{item}: {e}") from None
+            pixels.append(prepare(photo))
+        was_training = self.training
+        self.eval()
+        try:
+            captions = []
+            for start in range(0, len(pixels), batch_size):
+                captions += caption_batch(self, torch.stack(pixels[start:start + batch_size]), vocab, beam_size,
+                                          length_penalty)
+        finally:
+            self.train(was_training)
+        return captions[0] if single else captions
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images normalised as `self.preprocessing` says (B, 3, H, W) -> annotation vectors (B, L, D)."""
@@ -85,3 +147,15 @@ def _frozen_subtrees(module: nn.Module):
         return
     for child in module.children():
         yield from _frozen_subtrees(child)
+
+
+def _tensor_to_pil(image: torch.Tensor):
+    """(3, H, W) uint8 0..255 or float 0..1 -> RGB PIL image (then preprocessed like any picture)."""
+    from PIL import Image
+
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"an image tensor must be (3, H, W), got {tuple(image.shape)}")
+    image = image.detach().cpu()
+    if image.dtype != torch.uint8:
+        image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())

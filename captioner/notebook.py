@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from .beam import Caption
+from .render import log_prob_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".avif")
 FIGURE_DPI = 72          # notebook figures: sharp enough on screen, small in the .ipynb
-PANEL_INCHES = 1.45      # side of one attention panel (at FIGURE_DPI: 104 pixels; shapes pictures have 64)
-COMPARE_INCHES = 1.15    # the same in soft/hard comparisons, which repeat pictures shown before
+PANEL_INCHES = 2.0       # side of one attention panel (at FIGURE_DPI: 144 pixels, over twice a shapes picture's 64)
+COMPARE_INCHES = 1.6     # the same in soft/hard comparisons, which repeat pictures shown before
 LABEL_BAND = 0.3         # inches under each panel for its word
 TITLE_BAND = 0.4         # inches above the panels for the figure's title
 
@@ -77,7 +78,7 @@ class Table(Text):
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return log_prob_text(value, 3)  # plain 3 decimals, but never "-0.000"
     return str(value)
 
 
@@ -327,11 +328,12 @@ def word_grid(example: Example, caption: Caption, grid_size: int, columns: int =
     labels = [w + {True: " \u2713", False: " \u2717", None: ""}[h] for w, h in zip(caption.words, hits)]
     fig = attention_figure(example.photo, caption.words, caption.alphas, grid_size, columns=columns,
                            boxes=example.boxes or None, marks=_marks(caption, grid_size), title=example.name,
-                           word_below=True, labels=labels, shared_scale=True, weighted_alpha=True)
+                           word_below=True, labels=labels, style="spotlight")
     fig.axes[0].set_title("")
     _label_below(fig.axes[0], example.name, fontsize=10)           # the picture's name under it, too
     rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
-    _panel_layout(fig, rows, cols, PANEL_INCHES, title=f"\u201c{caption.text}\u201d   log p = {caption.log_prob:.2f}"
+    _panel_layout(fig, rows, cols, PANEL_INCHES, title=f"\u201c{caption.text}\u201d   log p = "
+                  f"{log_prob_text(caption.log_prob)}"
                   f"   {localization_text(example, caption, grid_size)}")
     return _finish(fig, plt)
 
@@ -374,7 +376,7 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
     """The same picture under several models ({label: Caption}): for each model, the picture and its
     caption's attention map per word, the word under the panel (a long caption wraps onto more rows);
     hard attention's chosen cell is outlined in white."""
-    from .render import _draw_boxes, _label_below, centre_square, heat_alpha, upsample
+    from .render import _draw_boxes, _label_below, centre_square, marked_cell, spotlight, upsample
 
     plt = _pyplot()
     square = centre_square(example.photo)
@@ -392,7 +394,7 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
     for m, (label, caption) in enumerate(captions.items()):
         top = sum(blocks[:m])
         grid = grid_sizes[label]
-        maps = upsample(caption.alphas, grid, side, shared=True)
+        maps = upsample(caption.alphas, grid, side)
         marks = _marks(caption, grid)
         hits = word_hits(example, caption, grid)
         first = axes[top, 0]
@@ -401,8 +403,7 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
         first.set_ylabel(label, fontsize=11, fontweight="bold")
         for i, word in enumerate(caption.words):
             ax = axes[top + i // per_row, 1 + i % per_row]
-            ax.imshow(square)
-            ax.imshow(maps[i], cmap="jet", alpha=heat_alpha(maps[i]), extent=(0, side, side, 0), vmin=0, vmax=1)
+            ax.imshow(spotlight(square, maps[i]), extent=(0, side, side, 0))
             mark = {True: " \u2713", False: " \u2717", None: ""}[hits[i]]
             _label_below(ax, word + mark, fontsize=9)
             if example.boxes:
@@ -410,7 +411,7 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
             if marks is not None and marks[i] is not None:
                 r, c = marks[i]
                 cell = side / grid
-                ax.add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, edgecolor="white", lw=1.5))
+                ax.add_patch(marked_cell(c * cell, r * cell, cell))
     return _finish(fig, plt)
 
 
@@ -430,7 +431,7 @@ def compare_models(examples: list[Example], models: dict, beam_size: int = 3) ->
 
 def word_figure(example: Example, caption: Caption, index: int, grid_size: int):
     """One word large: the photo (boxes dashed) and the word's attention map, with its beta."""
-    from .render import _draw_boxes, centre_square, heat_alpha, upsample
+    from .render import _draw_boxes, centre_square, spotlight, upsample
 
     plt = _pyplot()
     square = centre_square(example.photo)
@@ -446,8 +447,8 @@ def word_figure(example: Example, caption: Caption, index: int, grid_size: int):
     left.set_title(example.name, fontsize=10)
     if caption.words:
         index = max(0, min(index, len(caption.words) - 1))
-        heat = upsample(caption.alphas, grid_size, side, shared=True)[index]
-        right.imshow(heat, cmap="jet", alpha=heat_alpha(heat), extent=(0, side, side, 0), vmin=0, vmax=1)
+        heat = upsample(caption.alphas, grid_size, side)[index]
+        right.imshow(spotlight(square, heat), extent=(0, side, side, 0))
         shown = [f"[{w}]" if i == index else w for i, w in enumerate(caption.words)]
         right.set_title(f"word {index + 1}/{len(caption.words)}: \u201c{caption.words[index]}\u201d   "
                         f"beta = {float(caption.betas[index]):.2f}", fontsize=10)
@@ -547,8 +548,11 @@ def execute_notebook(path, out=None, timeout: int = 120, cwd=None, threads: int 
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m captioner.notebook",
+    from .cli import _prog, add_version
+
+    parser = argparse.ArgumentParser(prog=_prog("python -m captioner.notebook"),
                                      description="Run a notebook headless and write the executed copy.")
+    add_version(parser)
     parser.add_argument("notebook", help="the .ipynb to run (e.g. notebooks/attention_maps.ipynb)")
     parser.add_argument("--out", default=None, help="where to write the executed notebook "
                         "(default: <name>.executed.ipynb next to it)")

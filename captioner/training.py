@@ -352,7 +352,8 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
         save_checkpoint(last_path, model, vocab, train_state={
             "step": step, "best_bleu4": best, "stale": stale, "lr_scale": lr_at.scale,
             "optimizer": optimizer.state_dict(), "rng": _rng_state(), "train_config": tc.to_dict(),
-            "objective": dict(objective_state), "running": dict(running)})
+            "objective": dict(objective_state), "running": dict(running),
+            "elapsed_s": time.time() - start_time}, dataset=tc.dataset)
 
     def evaluate() -> dict:
         # Each rank decodes every world_size-th image; all ranks get all captions, hence the same scores.
@@ -377,7 +378,9 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
 
         progress = tqdm(total=tc.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
     model.train()
-    start_time, stop_reason = time.time(), "finished"
+    # elapsed_s in metrics.jsonl counts the training time of the whole run, across --resume.
+    already = float(resume_data["train_state"].get("elapsed_s", 0.0)) if resume_data is not None else 0.0
+    start_time, stop_reason = time.time() - already, "finished"
     running = dict(resume_data["train_state"].get("running", {})) if resume_data is not None else {}
     window: dict = {}  # losses summed since the last --log-every report
     batches = batches_from(step)
@@ -435,7 +438,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
                 if improved:
                     best, stale = scores["Bleu_4"], 0
                     if dist.is_main:
-                        save_checkpoint(best_path, model, vocab, metrics=record)
+                        save_checkpoint(best_path, model, vocab, metrics=record, dataset=tc.dataset)
                 else:
                     stale += 1
                     if tc.lr_schedule == "plateau":
@@ -466,8 +469,10 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
     recorder.finish(model, step)
-    return {"steps": step, "best_bleu4": best, "stop": stop_reason, "last": history_tail,
-            "best_checkpoint": str(best_path), "seconds": time.time() - start_time}
+    # No evaluation yet (a run interrupted before its first): no best score, and no best.pt to name.
+    evaluated = best >= 0 and best_path.exists()
+    return {"steps": step, "best_bleu4": best if evaluated else None, "stop": stop_reason, "last": history_tail,
+            "best_checkpoint": str(best_path) if evaluated else None, "seconds": time.time() - start_time}
 
 
 def data_summary(dataset: str, train_set, pairs, val_set, max_len: int) -> str:

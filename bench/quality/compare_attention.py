@@ -1,4 +1,4 @@
-"""Issue 5: every attention mechanism trained on the built-in `shapes` data with the same budget
+"""Every attention mechanism trained on the built-in `shapes` data with the same budget
 (optimizer steps, batch size, learning-rate schedule), the same seed and the same model sizes, then
 scored on the held-out test split (its generator seed is never used in training) with beam size 3.
 

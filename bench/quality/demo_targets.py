@@ -1,4 +1,4 @@
-"""Issue 2 targets: train the shapes demo with its defaults (timed), then score the checkpoint on a
+"""The shapes demo's targets: train it with its defaults (timed), then score the checkpoint on a
 held-out shapes test set (the test split's generator seed is never used in training), beam size 3.
 
     python -m bench.quality.demo_targets                       # train into runs/demo_bench, then evaluate

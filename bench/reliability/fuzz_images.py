@@ -1,4 +1,4 @@
-"""Issue 7 figures for images: the malformed-file corpus and a mutation fuzz run, through the loader
+"""Robustness of image reading: the malformed-file corpus and a mutation fuzz run, through the loader
 (`captioner.images.load_image` + `preprocess`) and through `caption.py` in one process.
 
     nice .venv/bin/python -m bench.reliability.fuzz_images [--count 300] [--seed 7]

@@ -1,4 +1,4 @@
-"""Issue 7 figures for training: `python train.py` killed with SIGKILL at random moments (some of them
+"""Exact resumption of training: `python train.py` killed with SIGKILL at random moments (some of them
 while a checkpoint is being written), resumed each time with --resume, then compared with an
 uninterrupted run; and the same for Ctrl-C (SIGINT, sent between two checkpoints).
 
