@@ -24,7 +24,7 @@ from .config import (
     TrainConfig,
     train_config_for,
 )
-from .messages import first_sentence
+from .runtime import pick_device
 
 TRAIN_HELP = {
     "dataset": "data set: shapes is built in (no files); the others are read from --data-root",
@@ -206,30 +206,6 @@ def train_parser() -> argparse.ArgumentParser:
                            help="cpu, cuda, cuda:N, or auto (CUDA when available) (default: auto)")
     add_version(run_group)
     return parser
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
-    if device.type == "meta":  # tensors without data: nothing could be computed
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-    if device.type != "cpu":
-        # A device torch knows but this build or machine lacks (mps on Linux, xpu, cuda:7 of 1 GPU)
-        # fails only when the first tensor lands there: try one now, so it is this one line.
-        try:
-            torch.empty(1, device=device)
-        except Exception as e:  # noqa: BLE001 - each backend raises its own kind
-            reason = first_sentence(e)
-            raise ValueError(f"--device {name}: this torch build or machine cannot use it ({reason})") from None
-    return device
 
 
 def _fail(message: str) -> int:

@@ -598,7 +598,7 @@ def main(argv=None) -> int:
     import uvicorn
 
     from .checkpoint import DEFAULT_WEIGHTS, CheckpointError
-    from .cli import pick_device
+    from .runtime import pick_device
 
     models = find_models(args.weights)
     if args.weights:
