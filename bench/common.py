@@ -1,5 +1,5 @@
-"""Shared pieces of the performance benchmarks: the benchmark model, photo-like JPEG
-files, timing, and the lines every script prints (its command, the machine, the load)."""
+"""Shared pieces of the benchmarks: the benchmark model, photo-like JPEG files, timing, and the
+lines every script prints (its command, the machine, the load)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from captioner.config import ModelConfig  # noqa: E402
 from captioner.model import Captioner  # noqa: E402
@@ -23,8 +21,9 @@ from captioner.vocab import SPECIALS, Vocabulary  # noqa: E402
 
 def print_command() -> None:
     """The command line that reproduces this script's figures (from the repository root)."""
-    script = os.path.relpath(sys.argv[0], ROOT) if os.path.isabs(sys.argv[0]) else sys.argv[0]
-    print("command: " + " ".join(shlex.quote(a) for a in ["python", script, *sys.argv[1:]]))
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    module = script.removesuffix(".py").replace(os.sep, ".")
+    print("command: " + " ".join(shlex.quote(a) for a in ["python", "-m", module, *sys.argv[1:]]))
 
 
 def environment(runtime: dict | None = None) -> str:

@@ -1,6 +1,6 @@
 """The web server (`python -m captioner.serve`) under load, and one request's latency against caption.py.
 
-    python bench/serve_load.py [--requests 50] [--clients 8] [--weights weights/shapes_soft.pt]
+    python -m bench.serve_load [--requests 50] [--clients 8] [--weights weights/shapes_soft.pt]
                                [--latency-runs 30] [--no-latency] [--cli-check]
 
 Starts the server on 127.0.0.1 (a free port; loopback only, never another address), then:
@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import ipaddress
 import io
+import ipaddress
 import json
 import os
 import re
@@ -40,8 +40,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SOFT = ROOT / "weights" / "shapes_soft.pt"
 HARD = ROOT / "weights" / "shapes_hard.pt"
@@ -216,13 +214,11 @@ def paired_latency(url: str, photo_path: Path, weights: Path, runs: int
     see the same load from other processes. Returns (request seconds, in-process seconds, the
     requests' Server-Timing durations in ms)."""
     from captioner.checkpoint import load_captioner
-    from captioner.cpu_inference import optimize_for_cpu
     from captioner.images import load_image, preprocess
     from captioner.inference import caption_batch
 
     model, vocab = load_captioner(weights)
     model.requires_grad_(False)
-    optimize_for_cpu(model)
     host, port = loopback_only(url)
     body, ctype = multipart(photo_path.read_bytes())
     conn = connect(host, port)

@@ -12,9 +12,19 @@ import os
 import sys
 from pathlib import Path
 
-from .config import (ATTENTIONS, DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS, ENCODERS, POSITIONAL,
-                     REFERENCE_LOSSES, SCORES, ModelConfig, TrainConfig, train_config_for)
-from .messages import first_sentence
+from .config import (
+    ATTENTIONS,
+    DATASET_MODEL_DEFAULTS,
+    DATASET_TRAIN_DEFAULTS,
+    ENCODERS,
+    POSITIONAL,
+    REFERENCE_LOSSES,
+    SCORES,
+    ModelConfig,
+    TrainConfig,
+    train_config_for,
+)
+from .runtime import pick_device
 
 TRAIN_HELP = {
     "dataset": "data set: shapes is built in (no files); the others are read from --data-root",
@@ -211,30 +221,6 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
-    if device.type == "meta":  # tensors without data: nothing could be computed
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-    if device.type != "cpu":
-        # A device torch knows but this build or machine lacks (mps on Linux, xpu, cuda:7 of 1 GPU)
-        # fails only when the first tensor lands there: try one now, so it is this one line.
-        try:
-            torch.empty(1, device=device)
-        except Exception as e:  # noqa: BLE001 - each backend raises its own kind
-            reason = first_sentence(e)
-            raise ValueError(f"--device {name}: this torch build or machine cannot use it ({reason})") from None
-    return device
-
-
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -413,10 +399,6 @@ def _caption(args) -> int:
     except (CheckpointError, ValueError) as e:
         return _fail(str(e))
     model.requires_grad_(False)  # decoding only (caption_batch runs under inference mode); global grad mode untouched
-    if device.type == "cpu":
-        from .cpu_inference import optimize_for_cpu
-
-        optimize_for_cpu(model)  # oneDNN matrix products, tanh via sigmoid: same captions, faster (cpu_inference.py)
     preprocessing = preprocessing_for(model)
     failed = 0
     pending: list[tuple[str, object, torch.Tensor]] = []

@@ -46,21 +46,18 @@ HARD_MODES = ("sample", "expected", "argmax")
 
 @dataclass
 class DecoderState:
-    """What one decoding step needs. `annotations` and `keys` are fixed per image; h, c change."""
+    """What one decoding step needs. `annotations` and `keys` are fixed, one per image (B, ...);
+    h and c change, one per row (N, n): N = B, or B*R when beam search decodes R beams per image
+    (rows of one image consecutive), which then all read their image's annotations and keys."""
 
-    h: torch.Tensor            # (B, n)
-    c: torch.Tensor            # (B, n)
+    h: torch.Tensor            # (N, n)
+    c: torch.Tensor            # (N, n)
     annotations: torch.Tensor  # (B, L, D), position-encoded if configured
     keys: torch.Tensor         # (B, L, *) the attention's precomputed annotation projection
 
-    def index_select(self, index: torch.Tensor) -> "DecoderState":
-        """Rows `index` of every tensor (beam expansion and reordering)."""
-        return DecoderState(self.h.index_select(0, index), self.c.index_select(0, index),
-                            self.annotations.index_select(0, index), self.keys.index_select(0, index))
-
-    def reorder_within_image(self, index: torch.Tensor) -> "DecoderState":
-        """Beam reordering: a beam only ever inherits from a beam of the same image, so the
-        per-image tensors stay as they are and only the recurrent state moves."""
+    def with_rows(self, index: torch.Tensor) -> DecoderState:
+        """Recurrent state rows `index` (beam expansion and reordering; a row only ever takes the
+        state of a row of the same image), the per-image tensors as they are."""
         return DecoderState(self.h.index_select(0, index), self.c.index_select(0, index),
                             self.annotations, self.keys)
 

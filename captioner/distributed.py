@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .runtime import pick_device
+
 DEBUG_ENV = "CAPTIONER_DIST_DEBUG_DIR"   # tests: each rank writes rank<r>.json (parameter and data hashes) here
 TIMEOUT = datetime.timedelta(hours=2)   # feature-cache building holds ranks at a barrier for a long time
 
@@ -135,9 +137,9 @@ def setup(device_name: str = "auto") -> tuple[DistContext, torch.device]:
     Without torchrun (no WORLD_SIZE, or 1): (single-process context, the device asked for)."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
-        return DistContext(), _pick(device_name)
+        return DistContext(), pick_device(device_name)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = _pick(device_name)
+    device = pick_device(device_name)
     if device.type == "cuda":
         if torch.cuda.device_count() <= local_rank:
             raise ValueError(f"rank {rank} needs cuda:{local_rank} but this machine has "
@@ -153,15 +155,6 @@ def setup(device_name: str = "auto") -> tuple[DistContext, torch.device]:
 def cleanup(ctx: DistContext) -> None:
     if ctx.enabled and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def _pick(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-    return device
 
 
 class DebugRecorder:

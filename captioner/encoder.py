@@ -130,9 +130,8 @@ def pretrained_state_dict(name: str, progress: bool = True) -> dict:
 def pretrained_hint(name: str) -> str:
     """What to do where `pretrained_state_dict` cannot download: one sentence naming the file."""
     try:
-        from torchvision import models
-
         import torch
+        from torchvision import models
 
         url = getattr(models, _WEIGHT_ENUMS[name]).IMAGENET1K_V1.url
         cache = f"{torch.hub.get_dir()}/checkpoints/"

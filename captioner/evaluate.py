@@ -194,10 +194,10 @@ def evaluate_checkpoint(args) -> dict:
 
     from .checkpoint import DEFAULT_WEIGHTS, SHIPPED_WEIGHTS, CheckpointError, build_from_checkpoint, read_checkpoint, \
         trained_on
-    from .cli import pick_device
-    from .messages import first_sentence
     from .data import load_split
     from .inference import caption_set
+    from .messages import first_sentence
+    from .runtime import pick_device
 
     try:
         device = pick_device(args.device)

@@ -14,13 +14,17 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # A declared size above this is refused before any pixel is decoded (decompression bombs).
 MAX_PIXELS = 89_478_485  # PIL's own warning threshold (0.25 GiB at 24 bits per pixel)
@@ -38,7 +42,7 @@ class ImageError(Exception):
     """An image that cannot be used; str() is a single line naming the problem."""
 
 
-def load_image(path) -> "Image.Image":
+def load_image(path) -> Image.Image:
     """Open `path` as an RGB PIL image: transparency composited on white, EXIF orientation applied,
     first frame of animations. Raises ImageError with a one-line reason otherwise; no other exception
     escapes, whatever the file holds."""
@@ -62,7 +66,7 @@ def load_image(path) -> "Image.Image":
     return _decode(path, lambda: _looks_like_text_file(path))
 
 
-def decode_image(data) -> "Image.Image":
+def decode_image(data) -> Image.Image:
     """`load_image` for an image held in memory (bytes, e.g. an upload): the same checks, the same
     RGB picture or the same one-line `ImageError`, and nothing is read from or written to disk."""
     import io
@@ -75,7 +79,7 @@ def decode_image(data) -> "Image.Image":
     return _decode(io.BytesIO(data), lambda: _looks_like_text(data[:512]))
 
 
-def _decode(source, looks_like_text) -> "Image.Image":
+def _decode(source, looks_like_text) -> Image.Image:
     """Decode `source` (a path or a binary file object) as load_image describes; `looks_like_text()`
     is asked only for data no image format recognised."""
     from PIL import Image, UnidentifiedImageError
@@ -202,7 +206,7 @@ def _apply_orientation(im):
     return im.transpose(method) if method is not None else im
 
 
-def _to_rgb(im) -> "Image.Image":
+def _to_rgb(im) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; alpha (or palette/tRNS transparency) is composited on white."""
     from PIL import Image
 

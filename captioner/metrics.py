@@ -17,8 +17,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+
 
 def toolkit_scores(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
                    metrics: Sequence[str] = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
@@ -109,7 +110,7 @@ def ptb_tokenize_java(captions: Sequence[str]) -> list[list[str]]:
             f.write("\n".join(lines))
         try:
             done = subprocess.run(["java", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
-                                   "-lowerCase", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+                                   "-lowerCase", path], capture_output=True, check=False)
         except OSError as e:
             raise JavaError(f"cannot run java for the PTB tokeniser ({e.strerror or e})") from None
     if done.returncode != 0:
@@ -334,16 +335,8 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
     `metrics`: the ones to compute (default all); the tokenisation is the same whatever is asked,
     so training's validation (`inference.score_captions`, BLEU only) gets the BLEU of evaluation.
     """
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metrics {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    _check_inputs(hypotheses, references, metrics)
     want_meteor = "METEOR" in metrics
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
-    if not hypotheses:
-        raise ValueError("no images to score")
-    if any(len(refs) == 0 for refs in references):
-        raise ValueError("an image has no references")
     warnings: list[str] = []
     use_java = java_available() if java is None else java
     if want_meteor and java is None and not use_java:
@@ -392,6 +385,18 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
     return CocoScores({k: overall[k] for k in METRICS if k in overall and k in metrics},
                       [{k: row[k] for k in METRICS if k in row and k in metrics} for row in per_image],
                       "java-ptb" if use_java else "python-ptb", warnings)
+
+
+def _check_inputs(hypotheses, references, metrics) -> None:
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
+    if not hypotheses:
+        raise ValueError("no images to score")
+    if any(len(refs) == 0 for refs in references):
+        raise ValueError("an image has no references")
 
 
 def _java_tokens(hypotheses, references, required: bool, warnings: list[str]):

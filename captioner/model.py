@@ -40,7 +40,7 @@ class Captioner(nn.Module):
         """How photos become this model's input (size, resize rule, normalisation): `encoder.Preprocessing`."""
         return preprocessing_for(self.config)
 
-    def train(self, mode: bool = True) -> "Captioner":
+    def train(self, mode: bool = True) -> Captioner:
         """Training mode for what is trained; a frozen part of the encoder stays in eval mode.
 
         The paper's encoder is a fixed ImageNet network (sec. 3.1.1, 4.3): its batch-norm layers
@@ -57,7 +57,7 @@ class Captioner(nn.Module):
         return self
 
     @classmethod
-    def load(cls, path=None, device="cpu") -> "Captioner":
+    def load(cls, path=None, device="cpu") -> Captioner:
         """The model of a checkpoint file (default: the shipped default checkpoint), in eval mode on
         `device`, with its vocabulary as `.vocab`. Raises CheckpointError (one line) for a bad file."""
         from .checkpoint import load_captioner

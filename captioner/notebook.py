@@ -97,10 +97,10 @@ def shapes_examples(count: int = 3, image_size: int = 64, split: str = "test", s
                     start: int = 0) -> list[Example]:
     """`count` scenes of the held-out shapes split (generated, never seen in training) from scene `start`
     on, picked so that scenes with 1, 2 and 3 objects all appear when `count` allows."""
+    from PIL import Image
+
     from .data import shapes_seed
     from .data.shapes import make_scene
-
-    from PIL import Image
 
     generator_seed = shapes_seed(split, seed)
     scenes = [(i, make_scene(generator_seed, i, image_size)) for i in range(start, start + max(3 * count, 12))]

@@ -1,4 +1,4 @@
-"""Process settings for fast CPU inference; none of them changes a result.
+"""Process settings (CPU threads and memory for captioning, the --device choice); none changes a result.
 
 `caption.py` calls `configure_cpu_process()` before it imports torch, and leaves through
 `exit_now()`. The costs they remove, measured on the 2-core machine of BENCHMARKS.md (issue 8):
@@ -51,6 +51,34 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl or another C library: leave its allocator alone
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+def pick_device(name: str):
+    """The torch device for a --device value (cpu, cuda, cuda:N, auto), checked now: ValueError
+    with one line if this machine or torch build cannot use it. Imports torch."""
+    import torch
+
+    from .messages import first_sentence
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if device.type == "meta":  # tensors without data: nothing could be computed
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if device.type != "cpu":
+        # A device torch knows but this build or machine lacks (mps on Linux, xpu, cuda:7 of 1 GPU)
+        # fails only when the first tensor lands there: try one now, so it is this one line.
+        try:
+            torch.empty(1, device=device)
+        except Exception as e:  # noqa: BLE001 - each backend raises its own kind
+            reason = first_sentence(e)
+            raise ValueError(f"--device {name}: this torch build or machine cannot use it ({reason})") from None
+    return device
 
 
 def exit_now(status: int) -> None:

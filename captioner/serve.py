@@ -29,8 +29,8 @@ import argparse
 import asyncio
 import base64
 import concurrent.futures
-import io
 import contextlib
+import io
 import ipaddress
 import queue
 import socket
@@ -146,10 +146,6 @@ class ModelPool:
         device = torch.device(self.device)
         model, vocab = load_captioner(self.paths[name], device)
         model.requires_grad_(False)
-        if device.type == "cpu":
-            from .cpu_inference import optimize_for_cpu
-
-            optimize_for_cpu(model)  # as caption.py: same captions, faster (cpu_inference.py)
         config = model.config
         return LoadedModel(name, model, vocab, config.image_size, config.grid_size, config.attention,
                            model.preprocessing)
@@ -605,7 +601,7 @@ def main(argv=None) -> int:
     import uvicorn
 
     from .checkpoint import DEFAULT_WEIGHTS, CheckpointError
-    from .cli import pick_device
+    from .runtime import pick_device
 
     models = find_models(args.weights)
     if args.weights:

@@ -18,15 +18,23 @@ import torch
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import DATASET_MODEL_DEFAULTS, ModelConfig, TrainConfig, model_config_for
-from .data import (CaptionPairs, EpochSampler, ReferenceSets, collate_pairs, collate_reference_sets, forget_tokens,
-                   load_split, references_tokens)
+from .data import (
+    CaptionPairs,
+    ReferenceSets,
+    collate_pairs,
+    collate_reference_sets,
+    forget_tokens,
+    load_split,
+    references_tokens,
+)
 from .data.batching import LengthGroupedBatches
 from .data.batching import steps_per_epoch as steps_per_epoch_for
 from .data.cache import model_inputs
 from .inference import caption_set, score_captions
 from .losses import caption_loss, hard_attention_loss, sentence_log_likelihood, update_baseline
 from .model import Captioner
-from .vocab import Vocabulary, tokenize
+from .vocab import Vocabulary
+
 
 class TrainingError(Exception):
     """Training cannot go on; str() is one line saying why."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -54,7 +54,7 @@ class Vocabulary:
         return isinstance(other, Vocabulary) and self.itos == other.itos
 
     @classmethod
-    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5) -> "Vocabulary":
+    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5) -> Vocabulary:
         """From tokenised *training* captions; words seen fewer than `min_count` times become <unk>."""
         counts = Counter(w for caption in captions for w in caption)
         kept = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
@@ -83,7 +83,7 @@ class Vocabulary:
         return {"itos": list(self.itos)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Vocabulary":
+    def from_dict(cls, data: dict) -> Vocabulary:
         if not isinstance(data, dict) or not isinstance(data.get("itos"), list):
             raise ValueError("vocabulary must be a dict with a list 'itos'")
         return cls(data["itos"])

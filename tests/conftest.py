@@ -59,3 +59,15 @@ def random_annotations(model: Captioner, batch: int, seed: int = 0) -> torch.Ten
     g = torch.Generator().manual_seed(seed)
     L = model.config.grid_size ** 2
     return torch.randn(batch, L, model.config.encoder_dim, generator=g)
+
+
+# Test modules whose tests train, spawn processes or execute notebooks: marked `slow`, so that
+# `pytest -m "not slow"` runs the fast tests alone while CI (.ci/run) runs everything.
+SLOW_MODULES = {"test_reliability", "test_notebook", "test_distributed", "test_data_real", "test_attention_family",
+                "test_frozen_encoder", "test_reference_loss"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -1,5 +1,5 @@
 """A corpus of malformed and unusual image files, built on the spot (used by tests/test_images.py
-and bench/fuzz_images.py). Each entry says whether the loader must read the file, and what it
+and bench/reliability/fuzz_images.py). Each entry says whether the loader must read the file, and what it
 must see when it does, or which words its one-line refusal must contain."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

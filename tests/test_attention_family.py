@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import order_one_weights, random_annotations, tiny_config
 
 from captioner.attention import LocalWindow
 from captioner.config import TrainConfig
 from captioner.model import Captioner
 from captioner.training import batch_loss
-from conftest import order_one_weights, random_annotations, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORES = ["additive", "dot", "general", "scaled-dot", "multihead"]

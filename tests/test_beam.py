@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 
 import pytest
 import torch
+from conftest import random_annotations
 
 from captioner.beam import beam_search
-from conftest import random_annotations
 
 
 def reference_greedy(model, annotations, vocab, max_len):
@@ -33,7 +32,6 @@ def reference_greedy(model, annotations, vocab, max_len):
         results.append((words, total))
     return results
 
-
 def sequence_log_prob(model, annotation, vocab, tokens):
     """log p(tokens | image) under the same rules as the search (<pad>, <start> never emitted)."""
     state = model.init_state(annotation)
@@ -47,7 +45,6 @@ def sequence_log_prob(model, annotation, vocab, tokens):
         prev = torch.tensor([tok])
     return total
 
-
 def exhaustive_best(model, annotation, vocab, max_len):
     """Every caption of at most max_len steps: w1..wk <end> (k < max_len) or max_len words unfinished."""
     emit = [i for i in range(len(vocab)) if i not in (vocab.pad, vocab.start)]
@@ -58,7 +55,6 @@ def exhaustive_best(model, annotation, vocab, max_len):
     candidates += [list(seq) for seq in itertools.product(words, repeat=max_len)]
     scored = [(sequence_log_prob(model, annotation, vocab, c), c) for c in candidates]
     return max(scored, key=lambda s: s[0])
-
 
 @torch.no_grad()
 def test_beam_of_one_equals_greedy(make_model, words_vocab):
@@ -71,7 +67,6 @@ def test_beam_of_one_equals_greedy(make_model, words_vocab):
             assert caption.words == words
             assert caption.log_prob == pytest.approx(log_prob, abs=1e-4)
 
-
 @torch.no_grad()
 def test_wider_beam_never_scores_below_greedy(make_model, words_vocab):
     for seed in range(4):
@@ -82,7 +77,6 @@ def test_wider_beam_never_scores_below_greedy(make_model, words_vocab):
             wide = beam_search(model, annotations, words_vocab, beam_size=k)
             for g, w in zip(greedy, wide):
                 assert w.log_prob >= g.log_prob - 1e-5
-
 
 @torch.no_grad()
 @pytest.mark.parametrize("max_len,width", [(2, "vocab"), (3, "vocab_squared")])
@@ -100,7 +94,6 @@ def test_full_width_beam_finds_the_exhaustive_optimum(make_model, words_vocab, m
             assert found[b].log_prob == pytest.approx(best_score, abs=1e-4)
             assert found[b].words == vocab.decode(best_tokens)
 
-
 @torch.no_grad()
 def test_beam_that_never_ends_stops_at_max_len(make_model, words_vocab):
     model = make_model(0)
@@ -111,7 +104,6 @@ def test_beam_that_never_ends_stops_at_max_len(make_model, words_vocab):
         assert len(c.words) == 5
         assert not c.finished
         assert c.alphas.shape == (5, model.config.grid_size ** 2)
-
 
 @torch.no_grad()
 def test_batched_search_equals_one_image_at_a_time(make_model, words_vocab):
@@ -124,7 +116,6 @@ def test_batched_search_equals_one_image_at_a_time(make_model, words_vocab):
         assert alone.log_prob == pytest.approx(together[b].log_prob, abs=1e-4)
         assert torch.allclose(alone.alphas, together[b].alphas, atol=1e-5)
 
-
 @torch.no_grad()
 def test_candidates_are_sorted_and_best_first(make_model, words_vocab):
     model = make_model(2)
@@ -134,7 +125,6 @@ def test_candidates_are_sorted_and_best_first(make_model, words_vocab):
         assert scores == sorted(scores, reverse=True)
         assert c.candidates[0] == (c.words, c.log_prob)
         assert len(c.candidates) == 4
-
 
 @torch.no_grad()
 def test_length_penalty_favours_longer_captions(make_model, words_vocab):
@@ -147,7 +137,6 @@ def test_length_penalty_favours_longer_captions(make_model, words_vocab):
         n = len(c.words) + (1 if c.finished else 0)
         assert c.score == pytest.approx(c.log_prob / n, abs=1e-5)
 
-
 @torch.no_grad()
 def test_attention_maps_of_every_word_sum_to_one(make_model, words_vocab):
     model = make_model(5)
@@ -156,10 +145,8 @@ def test_attention_maps_of_every_word_sum_to_one(make_model, words_vocab):
         assert torch.allclose(c.alphas.sum(-1), torch.ones(len(c.words)), atol=1e-5)
         assert c.betas.shape == (len(c.words),)
 
-
 # ---------------------------------------------------------------------------------------------
 # Finished hypotheses leave the beam (arctic-captions' gen_sample): a scripted step model
-
 
 class PrefixState:
     """What a scripted model remembers: the words of each row so far (N, S)."""
@@ -167,11 +154,8 @@ class PrefixState:
     def __init__(self, words: torch.Tensor):
         self.words = words
 
-    def index_select(self, index):
+    def with_rows(self, index):
         return PrefixState(self.words.index_select(0, index))
-
-    reorder_within_image = index_select
-
 
 class ScriptedModel:
     """A step model whose next-word distribution is a table of the words so far: `script[prefix]`
@@ -204,12 +188,10 @@ class ScriptedModel:
                          context=torch.zeros(N, 1))
         return out, PrefixState(words)
 
-
 def scripted_vocab():
     from captioner.vocab import SPECIALS, Vocabulary
 
     return Vocabulary(list(SPECIALS) + ["a", "b"])
-
 
 def losing_script(vocab):
     """At beam size 2 the old rule (a finished hypothesis keeps its slot) loses "a <end>":
@@ -220,7 +202,6 @@ def losing_script(vocab):
               ("a",): {"<end>": 0.40, "a": 0.30, "b": 0.28},
               ("b",): {"a": 0.90, "b": 0.05, "<end>": 0.03}}
     return ScriptedModel(vocab, script, default={"a": 0.50, "b": 0.48, "<end>": 0.01}, max_len=5)
-
 
 @torch.no_grad()
 def test_a_finished_caption_is_never_pushed_out_by_extensions_of_better_beams():
@@ -235,7 +216,6 @@ def test_a_finished_caption_is_never_pushed_out_by_extensions_of_better_beams():
     assert [w for w, _ in caption.candidates] == [["a"], ["b", "a", "a", "a", "a"]]
     assert caption.candidates[1][1] == pytest.approx(math.log(0.55 * 0.90 * 0.50 ** 3), abs=1e-5)
 
-
 def wide_losing_script(vocab):
     """Beam size 6 = the vocabulary: "<end>" alone (p 0.05) finishes at step 1; at step 2 six of
     the twelve extensions of the live beams beat it, so the old rule pruned it before the last
@@ -245,12 +225,9 @@ def wide_losing_script(vocab):
               ("b",): {"a": 0.30, "b": 0.30, "<end>": 0.10}}
     return ScriptedModel(vocab, script, default={"a": 0.33, "b": 0.33, "<end>": 0.01}, max_len=4)
 
-
 @torch.no_grad()
 def test_beam_as_wide_as_the_vocabulary_equals_exhaustive_search_when_it_prunes_before_the_last_step(
         make_model):
-    from captioner.cpu_inference import onednn_available, optimize_for_cpu
-
     vocab = scripted_vocab()
     K = len(vocab)
     model = wide_losing_script(vocab)
@@ -259,23 +236,18 @@ def test_beam_as_wide_as_the_vocabulary_equals_exhaustive_search_when_it_prunes_
     assert caption.words == vocab.decode(best_tokens) == [] and caption.finished
     assert caption.log_prob == pytest.approx(best_score, abs=1e-5)
     # Random models, max_len 4: 4 words can follow each of the up-to-3 live beams from step 2 on,
-    # more than K - (number finished) survive, so every search below prunes at steps 2 and 3; the
-    # same with the CPU decoding path (cpu_inference), which computes the same numbers differently.
+    # more than K - (number finished) survive, so every search below prunes at steps 2 and 3.
     for seed in range(3):
         model = make_model(seed, vocab=vocab, max_len=4)
         with torch.no_grad():   # sharper distributions, and <end> likely enough to finish early
             model.decoder.L_o.weight.mul_(4)
             model.decoder.L_o.bias[vocab.end] += 1.0
         annotations = random_annotations(model, 3, seed)
-        fast = copy.deepcopy(model)
-        variants = [model] + ([fast] if onednn_available() and optimize_for_cpu(fast) else [])
-        for variant in variants:
-            found = beam_search(variant, annotations, vocab, beam_size=K)
-            for b in range(3):
-                best_score, best_tokens = exhaustive_best(model, annotations[b:b + 1], vocab, 4)
-                assert found[b].log_prob == pytest.approx(best_score, abs=1e-4)
-                assert found[b].words == vocab.decode(best_tokens)
-
+        found = beam_search(model, annotations, vocab, beam_size=K)
+        for b in range(3):
+            best_score, best_tokens = exhaustive_best(model, annotations[b:b + 1], vocab, 4)
+            assert found[b].log_prob == pytest.approx(best_score, abs=1e-4)
+            assert found[b].words == vocab.decode(best_tokens)
 
 @torch.no_grad()
 def test_candidates_hold_every_finished_caption_found_and_the_live_beams_at_max_len(make_model, words_vocab):

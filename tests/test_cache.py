@@ -8,12 +8,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from real_data_fixtures import TINY, make_coco, make_flickr8k, one_thread  # noqa: F401 - fixture
 
 from captioner import cli
 from captioner.data import load_split
 from captioner.data.cache import DATA_FILE, INDEX_FILE, CacheError, FeatureSet, open_or_build
 from captioner.images import normalize
-from real_data_fixtures import TINY, make_coco, make_flickr8k, one_thread  # noqa: F401 - fixture
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_annotations
 
 from captioner.beam import beam_search
 from captioner.checkpoint import CheckpointError, load_captioner, read_checkpoint, save_checkpoint
-from conftest import random_annotations
 
 
 def test_round_trip_gives_identical_outputs(tmp_path, make_model, words_vocab):

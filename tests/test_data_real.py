@@ -9,14 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from real_data_fixtures import (  # noqa: F401
+    TEST_ONLY_WORD,
+    TINY,
+    VAL_ONLY_WORD,
+    make_coco,
+    make_flickr8k,
+    make_karpathy,
+    one_thread,
+    write_image,
+)
 
 from captioner import cli
 from captioner.data import CaptionPairs, load_split
 from captioner.data.files import DataError, inside_root
 from captioner.training import build_vocab
-from real_data_fixtures import (TEST_ONLY_WORD, TINY, VAL_ONLY_WORD, make_coco, make_flickr8k, make_karpathy,  # noqa: F401
-                                one_thread, write_image)
-
 
 
 def train_in_process(capsys, *args) -> tuple[int, str, str]:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from real_data_fixtures import TINY, make_coco
 
+from captioner.checkpoint import load_captioner
 from captioner.data import EpochSampler
 from captioner.data.batching import LengthGroupedBatches, epoch_batches, steps_per_epoch
-from captioner.checkpoint import load_captioner
 from captioner.distributed import DEBUG_ENV, DistContext, params_digest, setup
-from real_data_fixtures import TINY, make_coco
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from captioner.config import ModelConfig, lite_encoder_dim
-from captioner.encoder import (LITE_LAYERS, EfficientNetLite, Preprocessing, lite_state_dict, preprocessing_for)
+from captioner.encoder import LITE_LAYERS, EfficientNetLite, Preprocessing, lite_state_dict, preprocessing_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,11 +184,10 @@ def test_a_missing_encoder_package_is_one_clear_line(tmp_path):
 def test_training_and_captioning_see_the_same_pixels(tmp_path):
     """A photo that is not square: the training set's reader and caption.py's reader squash it alike."""
     from PIL import Image
+    from real_data_fixtures import make_flickr8k
 
     from captioner.data import load_split
     from captioner.images import read_images
-
-    from real_data_fixtures import make_flickr8k
 
     root = make_flickr8k(tmp_path / "f8k", n_train=3)
     photos = tmp_path / "photos"

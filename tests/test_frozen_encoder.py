@@ -4,11 +4,11 @@ dropout) are those of eval mode, whole encoder or the blocks --finetune-encoder 
 from __future__ import annotations
 
 import torch
+from real_data_fixtures import one_thread  # noqa: F401
 from torch import nn
 
 from captioner import cli
 from captioner.encoder import VGG_CONFIGS, make_layers
-from real_data_fixtures import one_thread  # noqa: F401
 
 
 def bn_weights_file(path):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import order_one_weights, random_annotations, tiny_config
 
 from captioner.config import TrainConfig
 from captioner.losses import hard_attention_loss, update_baseline
 from captioner.model import Captioner
 from captioner.training import batch_loss
-from conftest import order_one_weights, random_annotations, tiny_config
 
 
 def peaked(model, scale: float = 8.0):
@@ -38,7 +38,7 @@ def test_sampled_locations_follow_alpha(make_model, score):
     model = peaked(make_model(attention="hard", score=score)).train()
     annotations = random_annotations(model, 1, seed=1)
     N = 20000
-    state = model.init_state(annotations).index_select(torch.zeros(N, dtype=torch.long))
+    state = model.init_state(annotations).with_rows(torch.zeros(N, dtype=torch.long))
     alphas = model.decoder.attention.distributions(state.keys[:1], state.h[:1])[0, 0]    # (L,)
     assert alphas.max() > 0.3 and alphas.min() < 0.01                                   # far from uniform
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def test_sampled_locations_follow_alpha(make_model, score):
     freq = torch.bincount(attended.location, minlength=alphas.shape[0]).float() / N
     assert (freq - alphas).abs().max() < 0.012                                          # ~4 standard errors
     # The context is the sampled location's annotation vector, z_t = a_{s_t} (eq. (8)) ...
-    assert torch.equal(attended.context, state.annotations[torch.arange(N), attended.location])
+    assert torch.equal(attended.context, state.annotations[0, attended.location])            # one image
     # ... and log p(s_t | a) is the log of its weight.
     assert torch.allclose(attended.log_p_location, torch.log(alphas[attended.location]), atol=1e-5)
 
@@ -55,7 +55,7 @@ def test_multihead_heads_sample_independently_and_follow_their_own_alpha(make_mo
     model = peaked(make_model(attention="hard", score="multihead")).train()
     annotations = random_annotations(model, 1, seed=1)
     N = 20000
-    state = model.init_state(annotations).index_select(torch.zeros(N, dtype=torch.long))
+    state = model.init_state(annotations).with_rows(torch.zeros(N, dtype=torch.long))
     attention = model.decoder.attention
     weights = attention.distributions(state.keys[:1], state.h[:1])[0]                     # (K, L)
     K, L = weights.shape
@@ -160,7 +160,7 @@ def exact_objective(model, annotations, start: int, word: int):
     choices = torch.tensor(list(itertools.product(range(L), repeat=K)))                  # (L**K, K)
     n = choices.shape[0]
     p_s = weights.gather(1, choices.T).prod(0)                                           # (K, n) -> (n,)
-    many = state.index_select(torch.zeros(n, dtype=torch.long))
+    many = state.with_rows(torch.zeros(n, dtype=torch.long))
     context = dec.attention.read(F.one_hot(choices, L).float(), many.keys, many.annotations)  # (n, D)
     beta, z = dec.gate(many.h, context)
     embedded = dec.embedding(torch.full((n,), start))

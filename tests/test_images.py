@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from image_corpus import encoded, fuzz_files, make_corpus, png_bytes
 
 from captioner.checkpoint import save_checkpoint
 from captioner.images import MAX_PIXELS, ImageError, load_image, preprocess
-from image_corpus import encoded, fuzz_files, make_corpus, png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS_PER_FILE = 5.0      # a bounded time for one file, far above what any takes (hundredths of a second)
@@ -100,9 +100,8 @@ def test_sixteen_bit_png_is_scaled_by_its_full_range(tmp_path):
 
 
 def test_truncated_jpeg_is_an_error_not_a_partly_grey_picture(tmp_path):
-    from PIL import ImageFile
-
     from image_corpus import noise_rgb
+    from PIL import ImageFile
 
     data = encoded(noise_rgb(), "JPEG", quality=90)
     path = tmp_path / "cut.jpg"

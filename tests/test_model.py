@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import order_one_weights, random_annotations, tiny_config
 
 from captioner.attention import Attention
 from captioner.losses import caption_loss, doubly_stochastic
-from conftest import order_one_weights, random_annotations, tiny_config
 
 
 def random_captions(vocab_size: int, batch: int, steps: int, seed: int = 0, pad_from=None):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, tiny_config
 
 from captioner import notebook as nb
 from captioner.data.shapes import attention_localization
-from conftest import ROOT, tiny_config
 
 NOTEBOOK = ROOT / "notebooks" / "attention_maps.ipynb"
 MAX_BYTES = 3 * 1024 * 1024  # two real photographs' word grids (section 0) take most of it

@@ -1,11 +1,10 @@
 """Issue 8's speed work changes how things are computed, never what comes out: the batched beam
-search against the tutorial-style per-image reference of bench/, the CPU decoding path of
-`captioner.cpu_inference` against torch's defaults, channels-last VGG, the lazy package import and
+search against the tutorial-style per-image reference (tutorial_beam.py), the CPU decoding path of
+the beam search's per-image attention against per-row copies, the int8 decoder, channels-last VGG, the lazy package import and
 the process settings of caption.py. Behaviour only: nothing here is timed."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -14,16 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_annotations
+from tutorial_beam import tutorial_beam_search
 
 from captioner.beam import beam_search
-from captioner.cpu_inference import onednn_available, optimize_for_cpu
 from captioner.encoder import Encoder
 from captioner.vocab import SPECIALS, Vocabulary
-from conftest import random_annotations
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.tutorial_reference import tutorial_beam_search  # noqa: E402
 
 
 @pytest.fixture
@@ -58,54 +55,45 @@ def test_tutorial_reference_gives_the_same_captions_as_the_batched_search(make_m
     assert finished and unfinished  # both stopping rules were exercised
 
 
-MECHANISMS = [dict(), dict(score="dot", hidden_dim=32), dict(score="multihead", num_heads=4),
+MECHANISMS = [dict(), dict(score="dot", hidden_dim=32), dict(score="general"), dict(score="multihead", num_heads=4),
               dict(attention="hard"), dict(attention="local"), dict(gate=False)]
 
 
-@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
 @pytest.mark.parametrize("fields", MECHANISMS, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()) or "soft")
-def test_cpu_decoding_path_keeps_the_captions(make_model, big_vocab, fields):
-    torch.set_num_threads(1)
-    try:
-        model = ending_model(make_model, big_vocab, 3, 0.3, **fields)
-        fast = copy.deepcopy(model)
-        assert optimize_for_cpu(fast) > 0
-        assert optimize_for_cpu(fast) > 0                       # a second call is harmless
-        annotations = random_annotations(model, 8, 5) * 3
-        with torch.inference_mode():
-            plain_caps = beam_search(model, annotations, big_vocab, beam_size=3)
-            fast_caps = beam_search(fast, annotations, big_vocab, beam_size=3)
-            state = model.init_state(annotations)
-            tokens = torch.full((8,), big_vocab.start)
-            plain_out, plain_state = model.step(tokens, state)
-            fast_out, fast_state = fast.step(tokens, fast.init_state(annotations))
-        for p, f in zip(plain_caps, fast_caps):
-            assert p.words == f.words
-            assert p.log_prob == pytest.approx(f.log_prob, abs=1e-4)
-            assert torch.allclose(p.alphas, f.alphas, atol=1e-5)
-        assert torch.allclose(plain_out.logits, fast_out.logits, atol=1e-5)
-        assert torch.allclose(plain_out.alphas, fast_out.alphas, atol=1e-6)
-        assert torch.allclose(plain_state.h, fast_state.h, atol=1e-6)
-        assert torch.allclose(plain_state.c, fast_state.c, atol=1e-6)
-    finally:
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_beams_reading_their_image_once_equal_rows_with_their_own_copies(make_model, big_vocab, fields, grad):
+    """Attention with R rows per image (beam search) gives what it gives with the image's keys and
+    annotations copied to every row: the per-image path changes how, not what."""
+    model = ending_model(make_model, big_vocab, 3, 0.3, **fields)
+    decoder, R = model.decoder, 3
+    annotations = random_annotations(model, 4, 5) * 3
+    with torch.set_grad_enabled(grad):
+        shared = decoder.init_state(annotations)
+        shared = shared.with_rows(torch.arange(4).repeat_interleave(R))               # h, c per beam
+        h = shared.h + torch.randn_like(shared.h)                                      # beams that differ
+        shared = type(shared)(h, shared.c, shared.annotations, shared.keys)
+        copied = type(shared)(h, shared.c, shared.annotations.repeat_interleave(R, 0),
+                              shared.keys.repeat_interleave(R, 0))
+        mode = "argmax" if fields.get("attention") == "hard" else None
+        one, two = decoder.glimpse(shared, mode=mode), decoder.glimpse(copied, mode=mode)
+    assert torch.allclose(one.alphas, two.alphas, atol=1e-6)
+    assert torch.allclose(one.context, two.context, atol=1e-5)
 
 
-@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
-def test_cpu_decoding_path_leaves_training_and_weights_alone(make_model, words_vocab):
-    model = make_model(1)
-    fast = copy.deepcopy(model)
-    optimize_for_cpu(fast)
-    assert fast.state_dict().keys() == model.state_dict().keys()
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fast.state_dict().values()))
-    images = torch.rand(2, 3, 32, 32)
-    captions = torch.randint(4, len(words_vocab), (2, 5))
-    # With autograd recording, every layer runs torch's own forward: the same bits, and gradients.
-    expected = model(images, captions)[0]
-    got = fast(images, captions)[0]
-    assert torch.equal(expected, got)
-    got.sum().backward()
-    assert fast.decoder.L_o.weight.grad is not None and fast.decoder.lstm.weight_ih.grad is not None
+def test_int8_decoder_is_a_faster_copy_that_leaves_the_model_alone(make_model, big_vocab):
+    from captioner.inference import quantize_decoder
+
+    model = ending_model(make_model, big_vocab, 3, 0.3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    int8 = quantize_decoder(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert type(model.decoder.lstm) is torch.nn.LSTMCell and type(int8.decoder.lstm) is not torch.nn.LSTMCell
+    annotations = random_annotations(model, 8, 5) * 3
+    with torch.inference_mode():
+        ours = beam_search(model, annotations, big_vocab, beam_size=3)
+        theirs = beam_search(int8, annotations, big_vocab, beam_size=3)
+    assert len(theirs) == 8
+    assert sum(a.words == b.words for a, b in zip(ours, theirs)) >= 4                 # mostly the same captions
 
 
 def test_channels_last_encoder_matches_the_plain_layout():
@@ -177,69 +165,3 @@ print(applied["omp_passive"], os.environ.get("OMP_WAIT_POLICY"))
     assert result.stdout.split() == ["True", "PASSIVE"]
     result = run_python(code, env={"OMP_WAIT_POLICY": "ACTIVE"})
     assert result.stdout.split() == ["False", "ACTIVE"]
-
-
-@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
-def test_per_batch_keys_are_reused_only_for_the_same_unchanged_tensor_and_not_kept_alive():
-    import gc
-    import weakref
-
-    from captioner.attention import Attention
-    from captioner.cpu_inference import _PER_BATCH
-
-    torch.manual_seed(0)
-    plain = Attention("additive", 16, 24, 8).eval()
-    fast = copy.deepcopy(plain)
-    optimize_for_cpu(fast)
-    h = torch.randn(6, 24)
-    with torch.no_grad():
-        keys = plain.keys(torch.randn(6, 7, 16))
-        assert torch.allclose(fast.scores(keys, h), plain.scores(keys, h), atol=1e-6)
-        doubled = fast.__dict__[_PER_BATCH]["doubled_keys"][2][1]
-        fast.scores(keys, h)
-        assert fast.__dict__[_PER_BATCH]["doubled_keys"][2][1] is doubled  # same keys: derived once
-        keys.mul_(-1)                                                   # written in place: derived again
-        assert torch.allclose(fast.scores(keys, h), plain.scores(keys, h), atol=1e-6)
-        other = plain.keys(torch.randn(6, 7, 16))                       # other keys: their own entry
-        assert torch.allclose(fast.scores(other, h), plain.scores(other, h), atol=1e-6)
-    with torch.inference_mode():
-        inference_keys = plain.keys(torch.randn(6, 7, 16))
-        assert torch.allclose(fast.scores(inference_keys, h), plain.scores(inference_keys, h), atol=1e-6)
-    assert not copy.deepcopy(fast).__dict__[_PER_BATCH]                 # a copy starts with none
-    derived = weakref.ref(fast.__dict__[_PER_BATCH]["doubled_keys"][2][1])
-    del keys, other, inference_keys, doubled
-    gc.collect()
-    assert "doubled_keys" not in fast.__dict__[_PER_BATCH] and derived() is None  # batch gone: so is the copy
-    assert set(fast.state_dict()) == set(plain.state_dict())
-
-
-@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
-@pytest.mark.parametrize("rows", ["beams", "equal_first_images", "distinct", "almost_beams"])
-def test_attention_reads_each_image_once_only_where_the_rows_are_copies(rows):
-    from captioner.attention import Attention
-    from captioner.cpu_inference import _PER_BATCH
-
-    torch.manual_seed(1)
-    plain = Attention("additive", 16, 24, 8).eval()
-    fast = copy.deepcopy(plain)
-    optimize_for_cpu(fast)
-    images = torch.randn(4, 7, 16).relu_()
-    if rows == "equal_first_images":
-        images[1] = images[0]                                           # the same photo twice in a batch
-    index = torch.arange(4).repeat_interleave(3)                        # beam size 3, as beam_search builds it
-    annotations = images.index_select(0, index)
-    if rows == "distinct":
-        annotations = torch.randn(12, 7, 16).relu_()
-    if rows == "almost_beams":
-        annotations[10, 3, 5] += 1e-3                                   # one value differs: no sharing
-    expected_k = {"beams": 3, "equal_first_images": 3, "distinct": 1, "almost_beams": 1}[rows]
-    h = torch.randn(12, 24)
-    with torch.inference_mode():
-        keys = plain.keys(annotations)
-        weights = plain.distributions(keys, h)
-        got_weights = fast.distributions(keys, h)
-        assert torch.allclose(got_weights, weights, atol=1e-6)
-        assert torch.allclose(fast.read(weights, keys, annotations), plain.read(weights, keys, annotations),
-                              atol=1e-6)
-        assert fast.__dict__[_PER_BATCH]["doubled_keys"][2][0] == expected_k
-        assert fast.__dict__[_PER_BATCH]["annotations"][2][0] == expected_k

@@ -318,7 +318,7 @@ def test_infinite_gradient_stops_before_the_weights_are_touched(tmp_path, monkey
 # imported torch once (multiprocessing's forkserver), so a run starts in a fraction of a second rather
 # than the seconds `python train.py` spends importing; the code that runs is train.py's (train_main).
 # In these processes fsync takes 50 ms longer, as on a slow disk, so that a kill "during a save"
-# reliably lands while a checkpoint is half written. bench/kill_resume.py does the same with
+# reliably lands while a checkpoint is half written. bench/reliability/kill_resume.py does the same with
 # `python train.py` itself and no slowed disk.
 
 PROCESS_FLAGS = [*TINY_FLAGS, "--steps", "24"]  # 12 checkpoints: room for five kills

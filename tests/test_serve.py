@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_corpus import encoded, noise_rgb, png_bytes
 from PIL import Image
 
 from captioner.data.shapes import make_scene
 from captioner.images import preprocess
-from image_corpus import encoded, noise_rgb, png_bytes
 
 pytest.importorskip("starlette")
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from captioner.serve import Batcher, ModelPool, create_app, find_models  # noqa: E402
+from captioner.serve import Batcher, ModelPool, create_app, find_models
 
 ROOT = Path(__file__).resolve().parent.parent
 SOFT, HARD = ROOT / "weights" / "shapes_soft.pt", ROOT / "weights" / "shapes_hard.pt"

@@ -8,10 +8,18 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("uvicorn")
-import time  # noqa: E402
+import time
 
-from bench.serve_load import (SOFT, connect, loopback_only, multipart, peak_rss_mb, run_load,  # noqa: E402
-                              running_server, shapes_photos)
+from bench.serve_load import (
+    SOFT,
+    connect,
+    loopback_only,
+    multipart,
+    peak_rss_mb,
+    run_load,
+    running_server,
+    shapes_photos,
+)
 
 PEAK_RSS_LIMIT_MB = 1500     # the shapes model serves in a few hundred MiB; a leak or eight copies would show
 

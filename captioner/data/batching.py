@@ -16,7 +16,7 @@ batches of one step are disjoint.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from torch.utils.data import Sampler

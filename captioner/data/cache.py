@@ -25,8 +25,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -181,7 +181,7 @@ def _build(model, images, folder: Path, key: dict, fp: str, *, device, batch_siz
     targets = [(model.config.encoder_layer, folder, key, fp)] + list(also)
     layers = [t[0] for t in targets]
     shapes, row_bytes = [], []
-    for layer, folder_, key_, fp_ in targets:
+    for _layer, folder_, key_, fp_ in targets:
         shape = (n, grid * grid, key_["encoder_dim"])
         shapes.append(shape)
         row_bytes.append(shape[1] * shape[2] * 2)
@@ -228,7 +228,7 @@ def _build(model, images, folder: Path, key: dict, fp: str, *, device, batch_siz
             bar.close()
     dist.barrier()
     if dist.is_main:
-        for (layer, folder_, key_, fp_), shape, rb in zip(targets, shapes, row_bytes):
+        for (_layer, folder_, key_, fp_), shape, rb in zip(targets, shapes, row_bytes):
             _write_index(folder_, {"format": FORMAT, "version": VERSION, "fingerprint": fp_, "key": key_,
                                    "shape": list(shape), "dtype": "float16", "complete": True,
                                    "build_seconds": round(time.time() - start, 1)})

@@ -1,7 +1,7 @@
 """Peak resident memory and captions per second of decoder training from a COCO-sized feature cache.
 
-    nice python bench/cache_memory.py --images 123287 [--steps 30] [--batch-size 32] [--dir /tmp/capcache]
-    nice python bench/cache_memory.py --images 123287 --reader memmap --rows 10000   # the contrast
+    nice python -m bench.memory.cache_memory --images 123287 [--steps 30] [--batch-size 32] [--dir /tmp/capcache]
+    nice python -m bench.memory.cache_memory --images 123287 --reader memmap --rows 10000   # the contrast
 
 Creates a synthetic cache in the real format (`captioner.data.cache`): an index and a float16 file
 of images x 196 x 512 (123,287 images: 24.7 GB), *sparse*: only the rows this run will read are
@@ -23,22 +23,19 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from captioner.config import ModelConfig, TrainConfig  # noqa: E402
-from captioner.data import CaptionPairs, collate_pairs  # noqa: E402
-from captioner.data.batching import LengthGroupedBatches  # noqa: E402
-from captioner.data.cache import DATA_FILE, FORMAT, INDEX_FILE, VERSION, FeatureSet, model_inputs  # noqa: E402
-from captioner.model import Captioner  # noqa: E402
-from captioner.training import batch_loss  # noqa: E402
-from captioner.vocab import SPECIALS, Vocabulary  # noqa: E402
+from captioner.config import ModelConfig, TrainConfig
+from captioner.data import CaptionPairs, collate_pairs
+from captioner.data.batching import LengthGroupedBatches
+from captioner.data.cache import DATA_FILE, FORMAT, INDEX_FILE, VERSION, FeatureSet, model_inputs
+from captioner.model import Captioner
+from captioner.training import batch_loss
+from captioner.vocab import SPECIALS, Vocabulary
 
 L, D, VOCAB, CAPTIONS_PER_IMAGE = 196, 512, 10_000, 5
 

@@ -1,6 +1,6 @@
 """Wall time of `python caption.py photo` for one photo, from process start to the printed caption.
 
-    python bench/cli_latency.py [--runs 10] [--image examples/shapes_3obj.png] [--weights CKPT] [--folder 32]
+    python -m bench.speed.cli_latency [--runs 10] [--image examples/shapes_3obj.png] [--weights CKPT] [--folder 32]
 
 Each run is a fresh interpreter (`subprocess.Popen`, the clock started just before it): the time
 to the caption on stdout and to the process's exit are both reported (median, min, max), plus,
@@ -13,7 +13,6 @@ weights) and reports the process's peak resident memory.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -21,9 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 HEAVY = ("matplotlib", "torchvision", "pycocotools", "pycocoevalcap", "nltk", "scipy", "pandas", "torch._dynamo")
 

@@ -1,7 +1,7 @@
 """How closely the pure-Python PTB tokenisation (`captioner.metrics.ptb_tokenize`, used where Java
 is missing) follows the toolkit's Java tokeniser, on real captions.
 
-    nice python bench/ptb_agreement.py [--data ../shared/data] [--show 10]
+    nice python -m bench.quality.ptb_agreement [--data ../shared/data] [--show 10]
 
 Reads every caption of the COCO and Flickr files in the shared data folder (references, published
 predictions, Flickr8k), de-duplicated, tokenises them both ways and counts the captions whose
@@ -16,8 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 from captioner.metrics import ptb_tokenize, ptb_tokenize_java  # noqa: E402
 

@@ -5,7 +5,7 @@ the images of the results file) but calls its PTBTokenizer and its Bleu, Meteor,
 Cider scorers directly: `COCOEvalCap.evaluate()` also builds SPICE, which needs a Stanford
 CoreNLP download and so fails offline before it reports anything.
 
-    nice python bench/official_scores.py --annotations REFS.json --results RESULTS.json [--out FILE]
+    nice python -m bench.quality.official_scores --annotations REFS.json --results RESULTS.json [--out FILE]
 
 Prints one JSON object (the toolkit's overall scores) as its last line; --out also writes the
 per-image scores, keyed by image id, for a line-by-line comparison.

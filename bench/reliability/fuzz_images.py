@@ -1,7 +1,7 @@
 """Robustness of image reading: the malformed-file corpus and a mutation fuzz run, through the loader
 (`captioner.images.load_image` + `preprocess`) and through `caption.py` in one process.
 
-    nice .venv/bin/python bench/fuzz_images.py [--count 300] [--seed 7]
+    nice .venv/bin/python -m bench.reliability.fuzz_images [--count 300] [--seed 7]
 
 Everything is generated in a temporary folder (tests/image_corpus.py makes the files; a tiny
 randomly initialised checkpoint stands in for trained weights: the captions are nonsense, the
@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+ROOT = Path(__file__).resolve().parents[2]
 
 from captioner.images import ImageError, load_image, preprocess  # noqa: E402
-from image_corpus import fuzz_files, make_corpus  # noqa: E402
+from tests.image_corpus import fuzz_files, make_corpus  # noqa: E402
 
 BOUND_S = 5.0  # a file slower than this counts as a hang
 

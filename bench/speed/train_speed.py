@@ -1,12 +1,12 @@
 """Training-step throughput: decoder from cached features, end to end with the VGG-16 encoder, and
 the shapes demo configuration; on the CPU, and on a CUDA GPU (bf16 autocast) when one is present.
 
-    python bench/train_speed.py [--device cpu|cuda] [--steps 6] [--warmup 2] [--parts cached,frozen,full,shapes]
+    python -m bench.speed.train_speed [--device cpu|cuda] [--steps 6] [--warmup 2] [--parts cached,frozen,full,shapes]
 
 One step is exactly train.py's: `captioner.training.batch_loss` (cross-entropy + doubly stochastic
 term) under `torch.autocast` (bf16, CUDA only, as train.py's --amp), backward, gradient clipping,
 Adam. Inputs are random tensors of the real shapes (speed does not depend on the values; data
-loading is not included: for the cached case see bench/cache_memory.py, which reads a real cache):
+loading is not included: for the cached case see bench/memory/cache_memory.py, which reads a real cache):
   cached   paper-sized decoder (embed 512, LSTM 1024, attention 512, vocabulary 10,000) on cached
            annotations (B, 196, 512): captions per second
   frozen   VGG-16 at 224 in the forward pass (frozen: pretrained weights, as the paper trains),
@@ -25,9 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 import torch  # noqa: E402
 

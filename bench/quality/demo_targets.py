@@ -1,8 +1,8 @@
 """The shapes demo's targets: train it with its defaults (timed), then score the checkpoint on a
 held-out shapes test set (the test split's generator seed is never used in training), beam size 3.
 
-    python bench/demo_targets.py                       # train into runs/demo_bench, then evaluate
-    python bench/demo_targets.py --weights weights/shapes_soft.pt --skip-training
+    python -m bench.quality.demo_targets                       # train into runs/demo_bench, then evaluate
+    python -m bench.quality.demo_targets --weights weights/shapes_soft.pt --skip-training
 
 Prints each figure and the command that reproduces it.
 """
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(cmd: list[str]) -> tuple[float, str]:

@@ -2,8 +2,8 @@
 (optimizer steps, batch size, learning-rate schedule), the same seed and the same model sizes, then
 scored on the held-out test split (its generator seed is never used in training) with beam size 3.
 
-    python bench/compare_attention.py                    # all mechanisms, the budget below
-    python bench/compare_attention.py --steps 200 --only soft-additive hard-additive
+    python -m bench.quality.compare_attention                    # all mechanisms, the budget below
+    python -m bench.quality.compare_attention --steps 200 --only soft-additive hard-additive
 
 Prints one markdown table: BLEU-4 and attention localisation (fraction of colour/shape words whose
 attention peak lies in the named object's box), training time (wall clock and CPU seconds: on a
@@ -22,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 from captioner.config import REFERENCE_LOSSES  # noqa: E402  (no torch: the thread count is set first in main)
 
@@ -81,13 +79,13 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from captioner.checkpoint import load_captioner
-    from captioner.config import DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS, ModelConfig, TrainConfig, replace
+    from captioner.config import DATASET_MODEL_DEFAULTS, DATASET_TRAIN_DEFAULTS, TrainConfig, replace
     from captioner.data import load_split
     from captioner.training import train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print("command: " + " ".join(shlex.quote(a) for a in ["python", "bench/compare_attention.py", *sys.argv[1:]]))
+    print("command: " + " ".join(shlex.quote(a) for a in ["python", "bench/quality/compare_attention.py", *sys.argv[1:]]))
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} torch thread(s); "
           f"load average {load[0]:.1f} at start, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)

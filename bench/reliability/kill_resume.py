@@ -2,7 +2,7 @@
 while a checkpoint is being written), resumed each time with --resume, then compared with an
 uninterrupted run; and the same for Ctrl-C (SIGINT, sent between two checkpoints).
 
-    nice .venv/bin/python bench/kill_resume.py [--kills 5] [--seed 2026]
+    nice .venv/bin/python -m bench.reliability.kill_resume [--kills 5] [--seed 2026]
 
 CPU, one thread, a tiny model (24 steps, evaluation and checkpoint every 2). A kill comes either
 "during a save" (as soon as a checkpoint's temporary file exists) or "at random": once the run has
@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 FLAGS = ["--steps", "24", "--eval-every", "2", "--train-images", "40", "--val-images", "8", "--batch-size", "8",
          "--image-size", "32", "--encoder-dim", "32", "--hidden-dim", "32", "--embed-dim", "16", "--attention-dim", "16",

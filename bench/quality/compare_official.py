@@ -1,6 +1,6 @@
 """Our scores next to the official coco-caption toolkit's, for one references/results pair.
 
-    nice python bench/compare_official.py --annotations REFS.json --results RESULTS.json [--no-java]
+    nice python -m bench.quality.compare_official --annotations REFS.json --results RESULTS.json [--no-java]
 
 Ours: `captioner.evaluate`'s readers and `captioner.metrics.coco_scores` (the code behind
 `python -m captioner.evaluate`). Official: pycocoevalcap's PTBTokenizer, Bleu, Meteor, Rouge and
@@ -15,12 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
 
-from official_scores import official_scores  # noqa: E402
-
+from bench.quality.official_scores import official_scores  # noqa: E402
 from captioner.evaluate import load_references, load_results, match_results  # noqa: E402
 from captioner.metrics import METRICS, coco_scores  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Wall-clock time of `python -m captioner.evaluate` on a results file, end to end (interpreter
 start, reading both files, tokenising, all metrics), with Java and without.
 
-    nice python bench/eval_speed.py --annotations REFS.json --results RESULTS.json [--repeats 2]
+    nice python -m bench.speed.eval_speed --annotations REFS.json --results RESULTS.json [--repeats 2]
 
 The issue's target: the 4,982-image COCO Karpathy test set in at most 60 s on the 2-core machine.
 Each run is a fresh process, so the Java start-up of the tokeniser and of METEOR is included.
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _children_cpu() -> float:

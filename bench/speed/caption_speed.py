@@ -1,32 +1,31 @@
 """Captioning throughput with a VGG-16 encoder at 224x224, against the bare VGG-16 forward pass.
 
-    python bench/caption_speed.py [--images 32] [--beam-size 3] [--repeats 5] [--vocab 10000] [--hidden 1024] [--rss]
+    python -m bench.speed.caption_speed [--images 32] [--beam-size 3] [--repeats 5] [--vocab 10000] [--hidden 1024] [--rss]
 
 End to end = read and decode the JPEG files (640x480, as COCO's photos), resize and centre-crop
 to 224, normalise, VGG-16 encoder, batched beam search, Caption objects: exactly what caption.py
 does for a batch (`captioner.inference.caption_batch`, with caption.py's process settings from
-`captioner.runtime` and its decoder path from `captioner.cpu_inference`). The bare forward pass is
+`captioner.runtime`). The bare forward pass is
 VGG-16's convolutional trunk alone on an already-normalised float batch of the same size, under
 `torch.inference_mode`, in the faster of the two memory layouts (NCHW, channels_last). They are
 timed alternately in one process, so that load from other jobs hits both; the ratio
 t_vgg / t_total is the share of the machine's VGG-16 speed that captioning reaches (target >= 0.85).
-The captions must equal those of the decoder as torch computes it by default, or the script fails.
+`--int8` also times the beam search with the decoder's LSTM and output layers in int8
+(`captioner.inference.quantize_decoder`, torch's dynamic quantisation) and counts how many captions
+it changes.
 `--rss` also runs the captioning once in a fresh process and prints its peak resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 from captioner.runtime import configure_cpu_process  # noqa: E402  (does not load torch)
 
@@ -35,19 +34,25 @@ RUNTIME = configure_cpu_process() if __name__ == "__main__" and "--default-runti
 
 import torch  # noqa: E402
 
-from bench.common import (bench_model, environment, load_jpegs, peak_rss_mib, print_command,  # noqa: E402
-                          threads_from_args, timed, timed_both, write_jpegs)
+from bench.common import (  # noqa: E402
+    bench_model,
+    environment,
+    load_jpegs,
+    peak_rss_mib,
+    print_command,
+    threads_from_args,
+    timed,
+    timed_both,
+    write_jpegs,
+)
 from captioner.beam import beam_search  # noqa: E402
-from captioner.cpu_inference import optimize_for_cpu  # noqa: E402
 from captioner.images import normalize  # noqa: E402
-from captioner.inference import caption_batch  # noqa: E402
+from captioner.inference import caption_batch, quantize_decoder  # noqa: E402
 
 
-def rss_child(images: int, beam_size: int, vocab_size: int, hidden: int, plain_decoder: bool) -> None:
+def rss_child(images: int, beam_size: int, vocab_size: int, hidden: int) -> None:
     """In a fresh process: build the model, caption `images` JPEG files once, print peak RSS."""
     model, vocab = bench_model(vocab_size, hidden)
-    if not plain_decoder:
-        optimize_for_cpu(model)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(Path(tmp), images)
         before = peak_rss_mib()
@@ -66,21 +71,19 @@ def main(argv=None) -> int:
     parser.add_argument("--default-runtime", action="store_true",
                         help="leave OpenMP's waiting and glibc's allocator as they are (caption.py changes them)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
-    parser.add_argument("--plain-decoder", action="store_true",
-                        help="decoder as torch computes it by default (caption.py applies captioner.cpu_inference)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also time the beam search with the int8 decoder (captioner.inference.quantize_decoder)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS of captioning, in a subprocess")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads_from_args(args.threads)
     if args.rss_child:
-        rss_child(args.images, args.beam_size, args.vocab, args.hidden, args.plain_decoder)
+        rss_child(args.images, args.beam_size, args.vocab, args.hidden)
         return 0
     print_command()
     print(environment(RUNTIME))
     model, vocab = bench_model(args.vocab, args.hidden)
-    plain = copy.deepcopy(model)                                              # the same weights, torch's defaults
-    if not args.plain_decoder:
-        print(f"decoder layers optimised for the CPU (as caption.py does): {optimize_for_cpu(model)}")
+    int8 = quantize_decoder(model) if args.int8 else None                    # the same weights, in int8
     features = model.encoder.features
     print(f"model: VGG-16 at 224 (random weights), vocabulary {len(vocab)}, embed 512, hidden {args.hidden}, "
           f"attention 512 (additive, gated); batch {args.images}, beam {args.beam_size}, "
@@ -101,18 +104,17 @@ def main(argv=None) -> int:
 
         captions = end_to_end()                                               # warm-up
         bare(batch), bare(batch_cl)
-        with torch.inference_mode():
-            annotations = model.encode(normalize(pixels))
-            same = sum(a.words == b.words for a, b in zip(captions, beam_search(plain, annotations, vocab,
-                                                                                   beam_size=args.beam_size)))
-        print(f"identical captions with the decoder as torch computes it by default: {same}/{len(captions)}")
-        if same != len(captions):
-            return 1
+        if int8 is not None:
+            with torch.inference_mode():
+                annotations = model.encode(normalize(pixels))
+                same = sum(a.words == b.words for a, b in zip(captions, beam_search(int8, annotations, vocab,
+                                                                                       beam_size=args.beam_size)))
+            print(f"identical captions with the int8 decoder: {same}/{len(captions)}")
         steps = statistics.mean(len(c.words) + c.finished for c in captions)
         print(f"decoded steps per image: mean {steps:.1f} of {model.config.max_len} "
               f"({sum(c.finished for c in captions)}/{len(captions)} captions ended with <end>)")
 
-        rows = {k: [] for k in ("vgg_nchw", "vgg_cl", "total", "read", "encode", "beam", "beam_plain")}
+        rows = {k: [] for k in ("vgg_nchw", "vgg_cl", "total", "read", "encode", "beam", "beam_int8")}
         cpu = {k: [] for k in ("vgg_nchw", "vgg_cl", "total")}
         for _ in range(args.repeats):                                        # interleaved
             for key, fn in (("vgg_nchw", lambda: bare(batch)), ("vgg_cl", lambda: bare(batch_cl)),
@@ -126,10 +128,11 @@ def main(argv=None) -> int:
                 annotations = model.encode(normalize(pixels))
                 rows["encode"].append(timed(lambda: model.encode(normalize(pixels))))
                 rows["beam"].append(timed(lambda: beam_search(model, annotations, vocab, beam_size=args.beam_size)))
-                rows["beam_plain"].append(timed(lambda: beam_search(plain, annotations, vocab,
-                                                                    beam_size=args.beam_size)))
+                if int8 is not None:
+                    rows["beam_int8"].append(timed(lambda: beam_search(int8, annotations, vocab,
+                                                                       beam_size=args.beam_size)))
 
-    med = {k: statistics.median(v) for k, v in rows.items()}
+    med = {k: statistics.median(v) for k, v in rows.items() if v}
     best = "vgg_cl" if med["vgg_cl"] <= med["vgg_nchw"] else "vgg_nchw"
     ratios = [v / t for v, t in zip(rows[best], rows["total"])]
     n = args.images
@@ -139,8 +142,8 @@ def main(argv=None) -> int:
           f"min {min(rows['total']):.2f} s "
           f"-> {n / med['total']:.2f} images/s")
     print(f"  parts (medians): read+decode+resize {med['read']:.3f} s, encode {med['encode']:.2f} s, "
-          f"beam search {med['beam']:.3f} s ({100 * med['beam'] / med[best]:.1f}% of t_vgg; decoder as torch "
-          f"computes it by default {med['beam_plain']:.3f} s)")
+          f"beam search {med['beam']:.3f} s ({100 * med['beam'] / med[best]:.1f}% of t_vgg"
+          + (f"; int8 decoder {med['beam_int8']:.3f} s)" if int8 is not None else ")"))
     print(f"ratio t_vgg / t_total (wall): median {statistics.median(ratios):.3f} (per repeat "
           f"{', '.join(f'{r:.3f}' for r in ratios)}); ratio of medians {med[best] / med['total']:.3f}; "
           f"from the parts {med[best] / (med['read'] + med['encode'] + med['beam']):.3f}")
@@ -150,15 +153,13 @@ def main(argv=None) -> int:
           f"{statistics.median(cpu[best]) / statistics.median(cpu['total']):.3f}")
 
     if args.rss:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--images", str(n), "--beam-size",
+        cmd = [sys.executable, "-m", "bench.speed.caption_speed", "--rss-child", "--images", str(n), "--beam-size",
                str(args.beam_size), "--vocab", str(args.vocab), "--hidden", str(args.hidden)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         if args.default_runtime:
             cmd += ["--default-runtime"]
-        if args.plain_decoder:
-            cmd += ["--plain-decoder"]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
         before, after = (float(x) for x in done.stdout.split())
         print(f"peak RSS captioning {n} JPEG files in a fresh process: {after:.0f} MiB "
               f"(model built and files written: {before:.0f} MiB)")

@@ -1,6 +1,6 @@
 """Where a shapes checkpoint's attention goes, word by word: what `attention_localization` hides.
 
-    python bench/attention_diagnostics.py --weights weights/shapes_soft.pt [--num-images 1000] [--beam-size 3]
+    python -m bench.quality.attention_diagnostics --weights weights/shapes_soft.pt [--num-images 1000] [--beam-size 3]
 
 Decodes the held-out test split (as `python -m captioner.evaluate` does) and prints one JSON object:
   localization            the issue's figure: the cell with the largest weight has its centre in the
@@ -25,9 +25,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -1,6 +1,6 @@
 """Feature-cache build throughput against the bare VGG forward pass on the same batches.
 
-    nice python bench/cache_speed.py [--encoder vgg16] [--image-size 224] [--images 48] [--batch-size 8]
+    nice python -m bench.speed.cache_speed [--encoder vgg16] [--image-size 224] [--images 48] [--batch-size 8]
                                      [--rounds 3] [--threads 2]
 
 Both measure images per second over the same generated images (shapes scenes rendered at the input
@@ -22,17 +22,14 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from captioner.config import ModelConfig  # noqa: E402
-from captioner.data.cache import open_or_build  # noqa: E402
-from captioner.data.shapes import ShapesSet  # noqa: E402
-from captioner.images import normalize  # noqa: E402
-from captioner.model import Captioner  # noqa: E402
+from captioner.config import ModelConfig
+from captioner.data.cache import open_or_build
+from captioner.data.shapes import ShapesSet
+from captioner.images import normalize
+from captioner.model import Captioner
 
 
 def main() -> None:

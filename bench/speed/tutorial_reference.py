@@ -3,20 +3,19 @@
 The well-known PyTorch captioning tutorials caption **one image at a time**: the image's k live
 hypotheses go through the decoder together (k rows, k shrinking as hypotheses finish), and the
 beam's bookkeeping (which hypothesis extends which, which ones finished) is a Python loop over a
-list of hypotheses. `tutorial_beam_search` below is written that way, on our model's own
+list of hypotheses. `tutorial_beam_search` (tests/tutorial_beam.py) is written that way, on our model's own
 `init_state` / `step` (same weights) and with the same search rules as
 `captioner.beam.beam_search` (<pad>/<start> never emitted; a finished hypothesis leaves the beam for
 a pool and the beam narrows to K - finished, as arctic-captions' gen_sample does; best = highest
 log-probability among the pool and the live ones at max_len), so the captions must be identical.
-It is never used by the package.
+It is never used by the package; it lives in tests/tutorial_beam.py, where the tests check
+the batched search against it.
 
-    python bench/tutorial_reference.py [--images 32] [--beam-size 3] [--repeats 3] [--end-to-end]
+    python -m bench.speed.tutorial_reference [--images 32] [--beam-size 3] [--repeats 3] [--end-to-end]
 
 Timed on the same annotations (VGG-16 at 224: 196 x 512 per image), interleaved:
-  ours                   `beam_search`, all images at once, the model as caption.py runs it
-                         (`captioner.cpu_inference.optimize_for_cpu`)
-  tutorial               the reference on torch's own layers, as a tutorial runs them
-  tutorial_same_layers   the reference on caption.py's layers: what batching alone gives
+  ours                   `beam_search`, all images at once
+  tutorial               the reference, one image at a time
 Every caption must be identical, or the script fails. `--end-to-end` also times JPEG files to
 captions, the tutorial encoding one image at a time (NCHW, torch's default), ours in one batch.
 """
@@ -24,16 +23,11 @@ captions, the tutorial encoding one image at a time (NCHW, torch's default), our
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import statistics
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 from captioner.runtime import configure_cpu_process  # noqa: E402  (does not load torch)
 
@@ -43,71 +37,20 @@ RUNTIME = configure_cpu_process() if __name__ == "__main__" and "--default-runti
 import torch  # noqa: E402
 
 
-@dataclasses.dataclass
-class Hypothesis:
-    tokens: list[int]          # emitted tokens (<end> and the <pad>s after it included)
-    score: float               # sum of log-probabilities
-    alphas: list[torch.Tensor]
-    betas: list[float]
-    finished: bool
-    row: int                   # this hypothesis's row in the decoder state of the live hypotheses
-
-
-@torch.inference_mode()
-def tutorial_beam_search(model, annotations: torch.Tensor, vocab, beam_size: int = 3,
-                         max_len: int | None = None) -> list[dict]:
-    """Per image, per step: the live hypotheses of that image only through `model.step`, then a
-    Python loop over the K picks. Returns per image {"words", "log_prob", "alphas", "betas"}."""
-    max_len = max_len or model.config.max_len
-    K, V = beam_size, len(vocab)
-    results = []
-    for b in range(annotations.shape[0]):                       # one image at a time
-        state = model.init_state(annotations[b:b + 1])          # 1 row: the empty hypothesis
-        hyps = [Hypothesis([], 0.0, [], [], False, 0)]        # the live ones
-        done: list[Hypothesis] = []                             # finished: out of the beam for good
-        for _ in range(max_len):
-            if not hyps or len(done) >= K:
-                break
-            tokens = torch.tensor([h.tokens[-1] if h.tokens else vocab.start for h in hyps])
-            out, state = model.step(tokens, state)              # k_live rows
-            log_probs = torch.log_softmax(out.logits.float(), dim=-1)
-            log_probs[:, vocab.pad] = float("-inf")
-            log_probs[:, vocab.start] = float("-inf")
-            rows = torch.cat([h.score + log_probs[h.row] for h in hyps])   # the candidates of every live one
-            top, flat = rows.topk(min(K - len(done), len(rows)))          # the beam narrows as ones finish
-            new_hyps, keep = [], []
-            for score, index in zip(top.tolist(), flat.tolist()):
-                if score == float("-inf"):
-                    continue
-                parent, word = hyps[index // V], index % V
-                done_now = word == vocab.end
-                hyp = Hypothesis(parent.tokens + [word], score, parent.alphas + [out.alphas[parent.row].float()],
-                                 parent.betas + [float(out.beta[parent.row])], done_now,
-                                 -1 if done_now else len(keep))
-                if done_now:
-                    done.append(hyp)
-                else:
-                    new_hyps.append(hyp)
-                    keep.append(parent.row)
-            hyps = new_hyps
-            if keep:                                            # the state rows of the new live hypotheses
-                state = state.index_select(torch.tensor(keep))
-        hyps = done + hyps                                      # the live ones reached max_len
-        best = max(hyps, key=lambda h: h.score)
-        words = vocab.decode(best.tokens)
-        results.append({"words": words, "log_prob": best.score,
-                        "alphas": (torch.stack(best.alphas[:len(words)]) if words
-                                   else torch.zeros(0, annotations.shape[1])),
-                        "betas": torch.tensor(best.betas[:len(words)])})
-    return results
-
-
 def main(argv=None) -> int:
-    from bench.common import (bench_model, environment, load_jpegs, print_command, sample_annotations,
-                              threads_from_args, timed, write_jpegs)
+    from bench.common import (
+        bench_model,
+        environment,
+        load_jpegs,
+        print_command,
+        sample_annotations,
+        threads_from_args,
+        timed,
+        write_jpegs,
+    )
     from captioner.beam import beam_search
-    from captioner.cpu_inference import optimize_for_cpu
     from captioner.inference import caption_batch
+    from tests.tutorial_beam import tutorial_beam_search
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32)
@@ -124,9 +67,7 @@ def main(argv=None) -> int:
     threads_from_args(args.threads)
     print_command()
     print(environment(RUNTIME))
-    plain, vocab = bench_model(args.vocab, args.hidden)  # torch's own layers, as a tutorial runs them
-    model = copy.deepcopy(plain)                          # the same weights, as caption.py runs them
-    optimize_for_cpu(model)
+    model, vocab = bench_model(args.vocab, args.hidden)
     annotations = sample_annotations(model, args.images)
     k = args.beam_size
     print(f"model: VGG-16 at 224 (random weights), vocabulary {len(vocab)}, embed 512, hidden {args.hidden}, "
@@ -134,12 +75,11 @@ def main(argv=None) -> int:
 
     runs = {  # name -> what it times
         "ours": lambda: beam_search(model, annotations, vocab, beam_size=k),
-        "tutorial": lambda: tutorial_beam_search(plain, annotations, vocab, beam_size=k),
-        "tutorial_same_layers": lambda: tutorial_beam_search(model, annotations, vocab, beam_size=k),
+        "tutorial": lambda: tutorial_beam_search(model, annotations, vocab, beam_size=k),
     }
     with torch.inference_mode():
         ours = runs["ours"]()                                                    # warm-up, and the captions
-        for name in ("tutorial", "tutorial_same_layers"):
+        for name in ("tutorial",):
             theirs = runs[name]()
             same = sum(o.words == t["words"] for o, t in zip(ours, theirs))
             worst = max(abs(o.log_prob - t["log_prob"]) for o, t in zip(ours, theirs))
@@ -157,10 +97,8 @@ def main(argv=None) -> int:
             times[name].append(timed(fn))
     med = {name: statistics.median(v) for name, v in times.items()}
     print(f"decode {args.images} images (annotations given), medians of {args.repeats}: ours {med['ours']:.3f} s, "
-          f"tutorial-style {med['tutorial']:.3f} s, tutorial-style on our CPU layers "
-          f"{med['tutorial_same_layers']:.3f} s")
-    for name, label in (("tutorial", "speed-up over the tutorial-style decoder"),
-                        ("tutorial_same_layers", "of which batching alone (both on our CPU layers)")):
+          f"tutorial-style {med['tutorial']:.3f} s")
+    for name, label in (("tutorial", "speed-up over the tutorial-style decoder"),):
         ratios = [r / o for o, r in zip(times["ours"], times[name])]
         print(f"  {label}: median {statistics.median(ratios):.2f}x "
               f"(per repeat {', '.join(f'{r:.2f}' for r in ratios)})")
@@ -180,8 +118,8 @@ def main(argv=None) -> int:
                 out = []
                 for path in paths:                     # one image at a time, as the tutorials do
                     with torch.inference_mode():
-                        maps = plain.encoder.features(normalize(load_jpegs([path], 224)))   # NCHW, torch's default
-                        out += tutorial_beam_search(plain, maps.flatten(2).transpose(1, 2), vocab, beam_size=k)
+                        maps = model.encoder.features(normalize(load_jpegs([path], 224)))   # NCHW, torch's default
+                        out += tutorial_beam_search(model, maps.flatten(2).transpose(1, 2), vocab, beam_size=k)
                 return out
 
             same = sum(o.words == t["words"] for o, t in zip(ours_e2e(), tutorial_e2e()))
