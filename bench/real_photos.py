@@ -42,9 +42,9 @@ def coco(args) -> int:
 
 
 def dogs(args) -> int:
+    from captioner.config import ModelConfig
     from captioner.data import load_split
     from captioner.encoder import EfficientNetLite, lite_state_dict, preprocessing_for
-    from captioner.config import ModelConfig
     from captioner.images import normalize
 
     encoder = EfficientNetLite(args.encoder, "head")

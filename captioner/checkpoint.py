@@ -7,18 +7,18 @@ Writes are atomic: a crash mid-write never leaves a broken file under the final 
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import stat
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
+from .atomic import write_atomic
 from .config import ModelConfig
+from .messages import first_sentence
 from .vocab import Vocabulary
 
 FORMAT = "captioner"
@@ -35,42 +35,8 @@ class CheckpointError(Exception):
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, flush, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
+    """torch.save, atomically (captioner.atomic): a crash mid-write never leaves a broken file."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path, model, vocab: Vocabulary, **extra) -> None:
@@ -124,7 +90,7 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{name}: no such checkpoint file") from None
     except OSError as e:
-        raise CheckpointError(f"{name}: cannot read ({e.strerror or _first_line(e)})") from None
+        raise CheckpointError(f"{name}: cannot read ({e.strerror or first_sentence(e)})") from None
     if stat.S_ISDIR(info.st_mode):
         raise CheckpointError(f"{name}: is a directory, not a checkpoint file")
     if not stat.S_ISREG(info.st_mode):
@@ -135,7 +101,7 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
-        raise CheckpointError(f"{name}: cannot read ({e.strerror or _first_line(e)})") from None
+        raise CheckpointError(f"{name}: cannot read ({e.strerror or first_sentence(e)})") from None
     if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # torch.save: a zip archive, or a pickle
         raise CheckpointError(f"{name}: not a checkpoint file (neither a zip archive nor a pickle; "
                               f"it starts with {head!r})")
@@ -154,15 +120,15 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         if "Weights only load failed" in text or "weights_only" in text:
             raise CheckpointError(f"{name}: refused: not plain data (corrupted, or pickled Python objects the safe "
                                   "loader does not accept); nothing in it was run") from None
-        raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({first_sentence(e)})") from None
     except MemoryError:
         raise CheckpointError(f"{name}: corrupted checkpoint (it asks for more memory than there is)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
             UnicodeDecodeError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({first_sentence(e)})") from None
     except Exception as e:  # noqa: BLE001 - a damaged file may make the reader raise anything
         raise CheckpointError(f"{name}: corrupted or truncated checkpoint ({type(e).__name__}: "
-                              f"{_first_line(e)})") from None
+                              f"{first_sentence(e)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{name}: not a captioner checkpoint (no '{FORMAT}' format marker)")
     version = data.get("format_version")
@@ -175,12 +141,6 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     return data
 
 
-def _first_line(e: BaseException) -> str:
-    from .messages import first_sentence
-
-    return first_sentence(e)
-
-
 def build_from_checkpoint(data: dict, name: str = "checkpoint"):
     """(Captioner with the checkpoint's weights, Vocabulary) from a validated checkpoint dict."""
     from .model import Captioner
@@ -188,11 +148,11 @@ def build_from_checkpoint(data: dict, name: str = "checkpoint"):
     try:
         config = ModelConfig.from_dict(data["model_config"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{name}: invalid model configuration ({_first_line(e)})") from None
+        raise CheckpointError(f"{name}: invalid model configuration ({first_sentence(e)})") from None
     try:
         vocab = Vocabulary.from_dict(data["vocab"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{name}: invalid vocabulary ({_first_line(e)})") from None
+        raise CheckpointError(f"{name}: invalid vocabulary ({first_sentence(e)})") from None
     if not all(isinstance(w, str) for w in vocab.itos):
         raise CheckpointError(f"{name}: invalid vocabulary (its words must all be strings)")
     if len(vocab) != config.vocab_size:
@@ -201,7 +161,7 @@ def build_from_checkpoint(data: dict, name: str = "checkpoint"):
     try:
         model = Captioner(config)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{name}: invalid model configuration ({_first_line(e)})") from None
+        raise CheckpointError(f"{name}: invalid model configuration ({first_sentence(e)})") from None
     own = model.state_dict()
     state = full_state_dict(data, name)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -216,7 +176,7 @@ def build_from_checkpoint(data: dict, name: str = "checkpoint"):
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as e:
-        raise CheckpointError(f"{name}: weights do not fit the model ({_first_line(e)})") from None
+        raise CheckpointError(f"{name}: weights do not fit the model ({first_sentence(e)})") from None
     return model, vocab
 
 

@@ -24,6 +24,7 @@ from .config import (
     TrainConfig,
     train_config_for,
 )
+from .messages import fail
 from .runtime import pick_device
 
 TRAIN_HELP = {
@@ -221,11 +222,6 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def _check_paths(tc: TrainConfig) -> str | None:
     """The first problem with a path flag of train.py, as one line; None when all are usable.
     Reads the resolved configuration: --out-dir left unset is the data set's default (runs/DATASET)."""
@@ -252,10 +248,10 @@ def train_main(argv=None) -> int:
         tc = train_config_for(values["dataset"] or "shapes", **{k: values[k] for k in train_fields - {"dataset"}})
         pick_device(args.device)  # validates --device before any process group is joined
     except ValueError as e:
-        return _fail(str(e))
+        return fail(str(e))
     problem = _check_paths(tc)
     if problem:
-        return _fail(problem)
+        return fail(problem)
     # Folders this run would create: a run that fails before writing anything leaves none of them behind.
     new_folders = [p for p in (Path(tc.out_dir), *Path(tc.out_dir).parents) if not p.exists()]
     from .distributed import cleanup, setup
@@ -266,15 +262,15 @@ def train_main(argv=None) -> int:
         # torchrun: one process per device, DDP (see distributed.py); a plain run: this process alone.
         dist, device = setup(args.device)
     except (ValueError, RuntimeError) as e:
-        return _fail(f"cannot start distributed training ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        return fail(f"cannot start distributed training ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     finished = False
     try:
         summary = train(tc, overrides, device, dist=dist)
         finished = True
     except (TrainingError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     except OSError as e:  # disk full, permissions, ...: one line, never a traceback
-        return _fail(f"{e.filename + ': ' if getattr(e, 'filename', None) else ''}{e.strerror or e}")
+        return fail(f"{e.filename + ': ' if getattr(e, 'filename', None) else ''}{e.strerror or e}")
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C
         print("interrupted; the run folder holds the last checkpoint written (continue with --resume)",
               file=sys.stderr)
@@ -374,19 +370,19 @@ def caption_main(argv=None) -> int:
 
 def _caption(args) -> int:
     if not 1 <= args.beam_size <= MAX_BEAM:
-        return _fail(f"--beam-size must be between 1 and {MAX_BEAM}, got {args.beam_size}")
+        return fail(f"--beam-size must be between 1 and {MAX_BEAM}, got {args.beam_size}")
     if not 1 <= args.batch_size <= MAX_BATCH:
-        return _fail(f"--batch-size must be between 1 and {MAX_BATCH}, got {args.batch_size}")
+        return fail(f"--batch-size must be between 1 and {MAX_BATCH}, got {args.batch_size}")
     if not math.isfinite(args.length_penalty):
-        return _fail(f"--length-penalty must be a finite number, got {args.length_penalty}")
+        return fail(f"--length-penalty must be a finite number, got {args.length_penalty}")
     if args.attention is not None:
         folder = Path(args.attention)
         if folder.exists() and not folder.is_dir():
-            return _fail(f"{args.attention}: --attention needs a folder, and this is a file")
+            return fail(f"{args.attention}: --attention needs a folder, and this is a file")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            return _fail(f"{args.attention}: cannot create the --attention folder ({e.strerror or e})")
+            return fail(f"{args.attention}: cannot create the --attention folder ({e.strerror or e})")
     import torch
 
     from .checkpoint import CheckpointError, load_captioner
@@ -397,7 +393,7 @@ def _caption(args) -> int:
         device = pick_device(args.device)
         model, vocab = load_captioner(args.weights, device)
     except (CheckpointError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     model.requires_grad_(False)  # decoding only (caption_batch runs under inference mode); global grad mode untouched
     preprocessing = preprocessing_for(model)
     failed = 0

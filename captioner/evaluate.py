@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from .messages import fail
+
 SPICE_LINE = ("SPICE: not computed: it needs Stanford CoreNLP models, a separate download "
               "(pycocoevalcap's spice/get_stanford_models.py); the other metrics do not depend on it")
 
@@ -192,8 +194,14 @@ def evaluate_results_file(args) -> dict:
 def evaluate_checkpoint(args) -> dict:
     import torch
 
-    from .checkpoint import DEFAULT_WEIGHTS, SHIPPED_WEIGHTS, CheckpointError, build_from_checkpoint, read_checkpoint, \
-        trained_on
+    from .checkpoint import (
+        DEFAULT_WEIGHTS,
+        SHIPPED_WEIGHTS,
+        CheckpointError,
+        build_from_checkpoint,
+        read_checkpoint,
+        trained_on,
+    )
     from .data import load_split
     from .inference import caption_set
     from .messages import first_sentence
@@ -322,45 +330,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from_file = args.results is not None or args.annotations is not None
     from_model = args.weights is not None or args.dataset is not None
     if from_file and from_model:
-        return _fail("choose one: --annotations/--results (score a results file) or --weights/--dataset "
+        return fail("choose one: --annotations/--results (score a results file) or --weights/--dataset "
                      "(decode and score a checkpoint)")
     if not from_file and not from_model:
-        return _fail("nothing to evaluate: give --annotations REFS.json --results RESULTS.json, or "
+        return fail("nothing to evaluate: give --annotations REFS.json --results RESULTS.json, or "
                      "--dataset NAME [--weights PATH]")
     try:
         if from_file:
             if args.results is None or args.annotations is None:
-                return _fail("scoring a results file needs both --annotations and --results")
+                return fail("scoring a results file needs both --annotations and --results")
             if args.results_out is not None:
-                return _fail("--results-out is for checkpoint evaluation; the results file already exists")
+                return fail("--results-out is for checkpoint evaluation; the results file already exists")
             _check_writable(args.per_image, "--per-image")
             evaluate_results_file(args)
         else:
             if args.dataset is None:
-                return _fail("--weights needs --dataset NAME (the data set to decode)")
+                return fail("--weights needs --dataset NAME (the data set to decode)")
             for name in ("beam_size", "batch_size"):
                 if getattr(args, name) < 1:
-                    return _fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+                    return fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
             if args.num_workers < 0:
-                return _fail(f"--num-workers must be 0 or more, got {args.num_workers}")
+                return fail(f"--num-workers must be 0 or more, got {args.num_workers}")
             if args.num_images is not None and args.num_images < 1:
-                return _fail(f"--num-images must be at least 1, got {args.num_images}")
+                return fail(f"--num-images must be at least 1, got {args.num_images}")
             _check_writable(args.per_image, "--per-image")
             _check_writable(args.results_out, "--results-out")
             evaluate_checkpoint(args)
     except EvaluationError as e:
-        return _fail(str(e))
+        return fail(str(e))
     return 0
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
+from .messages import first_sentence
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -56,7 +57,7 @@ def load_image(path) -> Image.Image:
     except PermissionError:
         raise ImageError("permission denied") from None
     except (OSError, ValueError) as e:
-        raise ImageError(f"cannot read ({_first_line(e)})") from None
+        raise ImageError(f"cannot read ({first_sentence(e)})") from None
     if stat.S_ISDIR(info.st_mode):
         raise ImageError("is a directory, not an image")
     if not stat.S_ISREG(info.st_mode):
@@ -99,18 +100,18 @@ def _decode(source, looks_like_text) -> Image.Image:
             raise ImageError("a text file, not an image") from None
         raise ImageError(f"not an image, or not in a supported format ({FORMAT_NAMES})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image too large ({_first_line(e)}); refused before decoding") from None
+        raise ImageError(f"image too large ({first_sentence(e)}); refused before decoding") from None
     except PermissionError:
         raise ImageError("permission denied") from None
     except MemoryError:
         raise ImageError("not enough memory to decode the image") from None
     except OSError as e:
-        text = _first_line(e)
+        text = first_sentence(e)
         if "truncated" in text.lower():
             raise ImageError(f"truncated image data ({text})") from None
         raise ImageError(f"cannot decode image ({text})") from None
     except Exception as e:  # noqa: BLE001 - a malformed file may make a decoder raise anything
-        raise ImageError(f"cannot decode image ({type(e).__name__}: {_first_line(e)})") from None
+        raise ImageError(f"cannot decode image ({type(e).__name__}: {first_sentence(e)})") from None
 
 
 # `warnings.catch_warnings` swaps the process's one filter list in and out, so two threads inside it
@@ -162,12 +163,6 @@ def _check_size(size) -> None:
     if w * h > MAX_PIXELS:
         raise ImageError(f"image too large ({w}x{h} pixels declared; limit {MAX_PIXELS} pixels): "
                          "refused before decoding")
-
-
-def _first_line(e: BaseException) -> str:
-    from .messages import first_sentence
-
-    return first_sentence(e)
 
 
 def _looks_like_text_file(path: str) -> bool:
@@ -284,7 +279,7 @@ def image_files(folder) -> list[str]:
     except PermissionError:
         raise ImageError("permission denied (cannot list the folder)") from None
     except OSError as e:
-        raise ImageError(f"cannot list the folder ({e.strerror or _first_line(e)})") from None
+        raise ImageError(f"cannot list the folder ({e.strerror or first_sentence(e)})") from None
     if not names:
         raise ImageError(f"a folder (directory) with no image files ({', '.join(IMAGE_SUFFIXES)})")
     return [os.path.join(folder, name) for name in names]

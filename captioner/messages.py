@@ -1,8 +1,9 @@
-"""One-line error texts from exceptions, shared by every command (no torch import here)."""
+"""Error messages: one line per problem, for every command (no torch import here)."""
 
 from __future__ import annotations
 
 import re
+import sys
 
 LIMIT = 300  # characters: a sentence longer than this ends at a word, with "..."
 
@@ -16,3 +17,9 @@ def first_sentence(e: BaseException) -> str:
     if len(text) > LIMIT:
         text = text[:LIMIT].rsplit(" ", 1)[0] + " ..."
     return text
+
+
+def fail(message: str) -> int:
+    """Print `error: message` on stderr; return exit status 2 (bad input), for `return fail(...)`."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2

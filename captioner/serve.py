@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .messages import fail
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -579,25 +581,20 @@ def serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv=None) -> int:
     from .runtime import configure_cpu_process
 
     configure_cpu_process()  # before torch loads, as caption.py (runtime.py)
     args = serve_parser().parse_args(argv)
     if not 0 <= args.port <= 65535:
-        return _fail(f"--port must be from 0 to 65535, got {args.port}")
+        return fail(f"--port must be from 0 to 65535, got {args.port}")
     if not 1 <= args.beam_size <= MAX_BEAM:
-        return _fail(f"--beam-size must be from 1 to {MAX_BEAM}, got {args.beam_size}")
+        return fail(f"--beam-size must be from 1 to {MAX_BEAM}, got {args.beam_size}")
     if not args.max_upload_mb > 0 or args.max_upload_mb == float("inf"):
-        return _fail(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
+        return fail(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
     for path in args.weights:
         if not Path(path).is_file():
-            return _fail(f"{path}: --weights must be a checkpoint file")
+            return fail(f"{path}: --weights must be a checkpoint file")
     import uvicorn
 
     from .checkpoint import DEFAULT_WEIGHTS, CheckpointError
@@ -612,7 +609,7 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
         app = create_app(models, default, str(device), args.max_upload_mb, args.beam_size)
     except (CheckpointError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     try:
         # IPPROTO_TCP named, not left 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
@@ -622,7 +619,7 @@ def main(argv=None) -> int:
         sock.bind((args.host, args.port))
         sock.listen(2048)  # before the address is printed: a client that reads it can connect at once
     except (OSError, OverflowError) as e:
-        return _fail(f"cannot listen on {args.host}:{args.port} ({getattr(e, 'strerror', None) or e})")
+        return fail(f"cannot listen on {args.host}:{args.port} ({getattr(e, 'strerror', None) or e})")
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     try:

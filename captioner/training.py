@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import remove_temporaries, write_text_atomic
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import DATASET_MODEL_DEFAULTS, ModelConfig, TrainConfig, model_config_for
 from .data import (
@@ -230,7 +230,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
     seed_everything(tc.seed)
     if dist.is_main:
-        _remove_temporaries(out)  # left by a kill during a save; the file they were for is whole
+        remove_temporaries(out)  # left by a kill during a save; the file they were for is whole
 
     resume_data = None
     if not tc.resume and last_path.exists():
@@ -304,7 +304,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     # metrics.jsonl may run ahead of last.pt (a kill between the two writes): keep each step once.
     if dist.is_main:
         _trim_metrics(metrics_path, step)
-        _write_atomic(out / "config.json", json.dumps({"train": tc.to_dict(), "model": config.to_dict()}, indent=2))
+        write_text_atomic(out / "config.json", json.dumps({"train": tc.to_dict(), "model": config.to_dict()}, indent=2))
 
     # Feature cache (frozen encoder): built or reused only now that the encoder holds its final weights.
     train_source, val_source = train_set, val_set
@@ -495,24 +495,6 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _remove_temporaries(out: Path) -> None:
-    """Delete `.<name>.*.tmp` files a kill -9 during `atomic_save` or `_write_atomic` left behind."""
-    for tmp in out.glob(".*.tmp"):
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _trim_metrics(path: Path, step: int) -> None:
     """Keep the records of steps <= `step` (the checkpoint's), each once, and drop a torn last line."""
     if not path.exists():
@@ -529,7 +511,7 @@ def _trim_metrics(path: Path, step: int) -> None:
             seen.add(at)
             kept.append(line)
     if len(kept) != len(lines):
-        _write_atomic(path, "".join(line + "\n" for line in kept))
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 # Settings that change what a resumed run computes: changing them breaks exact resumption.

@@ -204,9 +204,9 @@ def test_training_and_captioning_see_the_same_pixels(tmp_path):
 
 
 def test_tiny_flickr8k_with_a_separate_photo_folder_trains_and_its_checkpoint_captions_a_photo(tmp_path, capsys):
-    from captioner.cli import caption_main, train_main
-
     from real_data_fixtures import make_flickr8k
+
+    from captioner.cli import caption_main, train_main
 
     root = make_flickr8k(tmp_path / "text", n_train=8)
     photos = tmp_path / "photos"

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_text_atomic
+
 FORMAT, VERSION = "captioner-features", 1
 DATA_FILE, INDEX_FILE = "features.f16", "index.json"
 FLOAT16_MAX = 65504.0
@@ -147,9 +149,7 @@ def read_index(folder: Path) -> dict:
 
 
 def _write_index(folder: Path, index: dict) -> None:
-    tmp = folder / (INDEX_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, folder / INDEX_FILE)
+    write_text_atomic(folder / INDEX_FILE, json.dumps(index, indent=1))
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -1,0 +1,70 @@
+"""Atomic file writes: a crash or kill at any moment leaves the old file or the new one, never half of one.
+
+Every file the package writes for later use (checkpoints, a run's config.json and metrics.jsonl,
+the feature cache's index) goes through `write_atomic`: the data goes to a temporary file in the
+same folder (`.<name>.<random>.tmp`), is flushed and fsynced, then renamed over the final name, and
+the folder is fsynced so the rename itself survives a power cut. `remove_temporaries` deletes what
+a kill -9 between the two left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomic(path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(f)` on a temporary binary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def write_text_atomic(path, text: str) -> None:
+    """`write_atomic` for UTF-8 text."""
+    data = text.encode("utf-8")
+    write_atomic(path, lambda f: f.write(data))
+
+
+def remove_temporaries(folder) -> None:
+    """Delete the `.<name>.*.tmp` files a kill -9 during `write_atomic` left in `folder`."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
