@@ -65,6 +65,10 @@ class _Hypotheses:
     betas: torch.Tensor      # (B, K, S)
     locations: torch.Tensor  # (B, K, S) long
 
+    def fields(self) -> tuple[torch.Tensor, ...]:
+        """The four tensors themselves (dataclasses.astuple would deep-copy them)."""
+        return self.tokens, self.alphas, self.betas, self.locations
+
     @classmethod
     def empty(cls, B: int, K: int, S: int, L: int, pad: int, device) -> _Hypotheses:
         return cls(torch.full((B, K, S), pad, dtype=torch.long, device=device), torch.zeros(B, K, S, L, device=device),
@@ -77,7 +81,7 @@ class _Hypotheses:
         step = (word, out.alphas.float().view(B, K, -1), out.beta.float().view(B, K),
                 location.view(B, K) if location is not None else torch.full_like(word, -1))
         grown = []
-        for history, new in zip(dataclasses.astuple(self), step):
+        for history, new in zip(self.fields(), step):
             index = parent.view(B, K, *[1] * (history.dim() - 2)).expand_as(history)
             new = new if new is word else new.gather(1, parent.view(B, K, *[1] * (new.dim() - 2)).expand_as(new))
             grown.append(torch.cat([history.gather(1, index), new.unsqueeze(2)], dim=2))
@@ -148,7 +152,7 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
             slot = (done.unsqueeze(1) + ended.long().cumsum(dim=1) - 1)[b, k]     # next free places, in rank order
             pool_scores[b, slot] = scores[b, k]
             pool_length[b, slot] = step + 1                                       # tokens, <end> included
-            for kept, new in zip(dataclasses.astuple(pool), dataclasses.astuple(live)):
+            for kept, new in zip(pool.fields(), live.fields()):
                 kept[b, slot, :step + 1] = new[b, k]
             done = done + ended.sum(dim=1)
             scores = scores.masked_fill(ended, inf)
@@ -166,15 +170,15 @@ def _captions(vocab, pool: _Hypotheses, pool_scores, pool_length, live: _Hypothe
     S = live.tokens.shape[2]
     every = torch.cat([pool_scores, scores], dim=1)                               # (B, 2K)
     length = torch.cat([pool_length, torch.full_like(pool_length, S)], dim=1)
-    both = _Hypotheses(*(torch.cat([p, s], dim=1) for p, s in zip(dataclasses.astuple(pool),
-                                                                  dataclasses.astuple(live.padded(max_len, vocab.pad)))))
+    both = _Hypotheses(*(torch.cat([p, s], dim=1) for p, s in zip(pool.fields(),
+                                                                  live.padded(max_len, vocab.pad).fields())))
     finished = torch.cat([torch.ones_like(pool_scores, dtype=torch.bool),
                           torch.zeros_like(scores, dtype=torch.bool)], dim=1)
     ranked = _normalise(every, length, length_penalty)
     # Empty slots rank last whatever the normalisation (their score stays -inf).
     order = ranked.masked_fill(every == inf, inf).argsort(dim=1, descending=True)  # (B, 2K)
     every, ranked, order, finished = every.cpu(), ranked.cpu(), order.cpu(), finished.cpu()
-    tokens, alphas, betas, locations = (t.cpu() for t in dataclasses.astuple(both))
+    tokens, alphas, betas, locations = (t.cpu() for t in both.fields())
     has_locations = bool((locations >= 0).any())
     results = []
     for b in range(every.shape[0]):  # unpacking into Python objects only; the search itself is batched
