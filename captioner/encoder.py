@@ -1,4 +1,4 @@
-"""VGG encoder: an image becomes a grid of annotation vectors (Xu et al. 2015, sec. 3.1.1).
+"""Image encoder (VGG or EfficientNet-Lite): a photo becomes a grid of annotation vectors (Xu et al. 2015, sec. 3.1.1).
 
 Dimensions:
     B  batch          3  RGB channels      H, W  image side (224 in the paper)

@@ -2,6 +2,9 @@
 
     python -m captioner.serve [--host 127.0.0.1] [--port 8000] [--weights CKPT ...] [--max-upload-mb 20]
 
+From Python (a notebook, a test), `with running_server([CKPT]) as (process, url): ...` runs that
+command in a child process on 127.0.0.1 for the length of the block.
+
 Starlette on uvicorn. Routes:
 
     GET  /              the page (captioner/static/: plain HTML, CSS and JS, nothing from a CDN)
@@ -269,10 +272,37 @@ async def read_form(request, max_upload: int) -> Form:
     """Parse the request's multipart/form-data body in memory. RequestError (415, 413, 400) for
     a body that is not multipart, too large, or malformed."""
     from python_multipart.exceptions import MultipartParseError
-    from python_multipart.multipart import MultipartParser, parse_options_header
+    from python_multipart.multipart import MultipartParser
     from starlette.requests import ClientDisconnect
 
-    ctype, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary, limit = _check_form_headers(request.headers, max_upload)
+    parts = _Parts(max_upload)
+    parser = MultipartParser(boundary, parts.callbacks())
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise RequestError(413, f"upload too large (over {_megabytes(max_upload)}, the limit)")
+            if len(parts.parts) > 2 * len(FIELDS):
+                raise RequestError(400, f"too many form fields (the fields are: {', '.join(FIELDS)})")
+            parser.write(chunk)
+    except MultipartParseError as e:
+        raise RequestError(400, f"malformed multipart body ({_clip(str(e), 100)})") from None
+    except ClientDisconnect:  # nobody will read the answer; it is only for the record
+        raise RequestError(400, "incomplete request body (the client went away)") from None
+    if not parts.done:
+        what = "empty body" if received == 0 else "it ends before its closing boundary"
+        raise RequestError(400, f"malformed multipart body ({what})")
+    return _form_from_parts(parts.parts)
+
+
+def _check_form_headers(headers, max_upload: int) -> tuple[bytes, int]:
+    """(the multipart boundary, the most body bytes accepted) from the request's headers, or RequestError
+    (415: not multipart/form-data; 400: no valid boundary or Content-Length; 413: declared too large)."""
+    from python_multipart.multipart import parse_options_header
+
+    ctype, options = parse_options_header(headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         shown = ctype.decode("latin-1") or "none"
         raise RequestError(415, f"expected a multipart/form-data body with the photo in the field 'image' "
@@ -281,7 +311,7 @@ async def read_form(request, max_upload: int) -> Form:
     if not boundary or len(boundary) > 200:
         raise RequestError(400, "malformed multipart body: the content type has no valid boundary")
     limit = max_upload + FORM_SLACK
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None:
         try:
             declared_n = int(declared)
@@ -290,51 +320,51 @@ async def read_form(request, max_upload: int) -> Form:
         if declared_n > limit:
             raise RequestError(413, f"upload too large ({_megabytes(declared_n)}; the limit is "
                                     f"{_megabytes(max_upload)})")
+    return boundary, limit
 
-    parts: list[dict] = []
-    state = {"field": b"", "value": b"", "done": False}
 
-    def on_part_begin():
-        parts.append({"headers": {}, "data": bytearray()})
+class _Parts:
+    """The multipart parser's callbacks: each part's headers and bytes collected in memory, a part over
+    `max_upload` bytes refused (413) as it arrives."""
 
-    def on_header_field(data, start, end):
-        state["field"] += data[start:end]
+    def __init__(self, max_upload: int):
+        self.max_upload = max_upload
+        self.parts: list[dict] = []
+        self.done = False
+        self._field, self._value = b"", b""
 
-    def on_header_value(data, start, end):
-        state["value"] += data[start:end]
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
+                "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
+                "on_part_data": self.on_part_data, "on_end": self.on_end}
 
-    def on_header_end():
-        parts[-1]["headers"][state["field"].decode("latin-1").lower()] = state["value"].decode("latin-1")
-        state["field"], state["value"] = b"", b""
+    def on_part_begin(self):
+        self.parts.append({"headers": {}, "data": bytearray()})
 
-    def on_part_data(data, start, end):
-        part = parts[-1]
+    def on_header_field(self, data, start, end):
+        self._field += data[start:end]
+
+    def on_header_value(self, data, start, end):
+        self._value += data[start:end]
+
+    def on_header_end(self):
+        self.parts[-1]["headers"][self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
+        self._field, self._value = b"", b""
+
+    def on_part_data(self, data, start, end):
+        part = self.parts[-1]
         part["data"] += data[start:end]
-        if len(part["data"]) > max_upload:
-            raise RequestError(413, f"upload too large (over {_megabytes(max_upload)}, the limit)")
+        if len(part["data"]) > self.max_upload:
+            raise RequestError(413, f"upload too large (over {_megabytes(self.max_upload)}, the limit)")
 
-    def on_end():
-        state["done"] = True
+    def on_end(self):
+        self.done = True
 
-    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
-                                        "on_part_data": on_part_data, "on_end": on_end})
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise RequestError(413, f"upload too large (over {_megabytes(max_upload)}, the limit)")
-            if len(parts) > 2 * len(FIELDS):
-                raise RequestError(400, f"too many form fields (the fields are: {', '.join(FIELDS)})")
-            parser.write(chunk)
-    except MultipartParseError as e:
-        raise RequestError(400, f"malformed multipart body ({_clip(str(e), 100)})") from None
-    except ClientDisconnect:  # nobody will read the answer; it is only for the record
-        raise RequestError(400, "incomplete request body (the client went away)") from None
-    if not state["done"]:
-        what = "empty body" if received == 0 else "it ends before its closing boundary"
-        raise RequestError(400, f"malformed multipart body ({what})")
+
+def _form_from_parts(parts: list[dict]) -> Form:
+    """The photo and the small fields of the parsed parts; RequestError (400) for an unknown field, a
+    field given twice, or a small field over 200 bytes."""
+    from python_multipart.multipart import parse_options_header
 
     fields: dict[str, str] = {}
     image = None
@@ -452,15 +482,9 @@ def create_app(models: dict[str, Path] | None = None, default: str | None = None
     """The Starlette app. `models`: name -> checkpoint (default: `find_models()`); `default`: the model
     used when a request names none (default: the first). With `preload`, the default model is loaded
     now (a CheckpointError if it cannot be)."""
-    import anyio
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
-
-    from .checkpoint import CheckpointError
-    from .images import ImageError
 
     max_upload = int(max_upload_mb * 1e6)
     if max_upload < 1:
@@ -469,93 +493,216 @@ def create_app(models: dict[str, Path] | None = None, default: str | None = None
     batcher = Batcher()
     if preload:
         warm_up(pool.get(pool.default), batcher, beam_size)
-    per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    api = _Api(pool, batcher, max_upload, beam_size)
+    routes = [Route(path, api.page, methods=["GET", "HEAD"]) for path in STATIC_FILES]
+    routes += [Route("/api/models", api.list_models, methods=["GET"]),
+               Route("/api/caption", api.caption, methods=["POST"])]
 
-    def limits():
-        """(upload slots, decoding limiter, loading limiter) of the running event loop (a test client
-        may run the app on several loops, one after the other; asyncio's primitives belong to one)."""
-        loop = asyncio.get_running_loop()
-        if loop not in per_loop:
-            per_loop[loop] = (asyncio.Semaphore(UPLOAD_SLOTS), anyio.CapacityLimiter(1), anyio.CapacityLimiter(1))
-        return per_loop[loop]
-    pages = {route: (resources.files("captioner").joinpath("static", name).read_bytes(), media)
-             for route, (name, media) in STATIC_FILES.items()}
-
-    def error(status: int, reason: str) -> JSONResponse:
-        reason = " ".join(reason.split())       # one line, whatever an underlying message held
-        return JSONResponse({"error": reason if len(reason) <= 240 else reason[:237] + "..."}, status_code=status,
-                            headers=SECURITY_HEADERS)
-
-    async def page(request: Request) -> Response:
-        body, media = pages[request.url.path]
-        return Response(body, media_type=media, headers={**SECURITY_HEADERS, "cache-control": "no-cache"})
-
-    async def list_models(request: Request) -> JSONResponse:
-        return JSONResponse({"default": pool.default,
-                             "models": [{"name": name, "file": path.name, "default": name == pool.default,
-                                         "loaded": pool.loaded(name)} for name, path in pool.paths.items()]},
-                            headers=SECURITY_HEADERS)
-
-    async def caption(request: Request) -> JSONResponse:
-        arrived = time.perf_counter()
-        upload_slots, decode_limiter, load_limiter = limits()
-        try:
-            async with upload_slots:   # the body is held only inside a slot
-                form = await read_form(request, max_upload)
-                if form.image is None:
-                    raise RequestError(400, "no photo: send it as the multipart file field 'image'")
-                if not form.image:
-                    raise RequestError(400, "empty upload: the field 'image' holds 0 bytes")
-                beam = _beam_size(form.fields.get("beam_size"), beam_size)
-                preview = _flag("preview", form.fields.get("preview"))
-                name = pool.resolve(form.fields.get("model"))
-                try:
-                    loaded = (pool.get(name) if pool.loaded(name)   # loaded: no thread hop
-                              else await anyio.to_thread.run_sync(pool.get, name, limiter=load_limiter))
-                except CheckpointError as e:
-                    # The reason without the server's folders: the client knows the model by name.
-                    reason = str(e).replace(str(pool.paths[name]), pool.paths[name].name)
-                    raise RequestError(422, f"model {name!r} cannot be used: {reason}") from None
-                start = time.perf_counter()
-                try:
-                    if not preview and _small_picture(form.image):
-                        pixels, url = prepare_photo(form.image, loaded.preprocessing, preview)
-                    else:
-                        pixels, url = await anyio.to_thread.run_sync(prepare_photo, form.image, loaded.preprocessing,
-                                                                     preview, limiter=decode_limiter)
-                except ImageError as e:
-                    raise RequestError(422, f"image: {e}") from None
-                decoded = time.perf_counter()
-                del form
-            result, model_s, together = await asyncio.wrap_future(batcher.submit(loaded, beam, pixels))
-        except RequestError as e:
-            return error(e.status, e.reason)
-        body = caption_json(result, loaded, beam)
-        if url is not None:
-            body["preview"] = url
-        # Where the time went, for browsers' network panels and benchmarks (Server-Timing, ms).
-        timing = (f"decode;dur={(decoded - start) * 1000:.1f}, model;dur={model_s * 1000:.1f};desc=\"batch of "
-                  f"{together}\", total;dur={(time.perf_counter() - arrived) * 1000:.1f}")
-        return JSONResponse(body, headers={**SECURITY_HEADERS, "server-timing": timing})
-
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
-
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        return error(500, f"internal error ({type(exc).__name__}: {_clip(str(exc), 100)})")
-
-    routes = [Route(path, page, methods=["GET", "HEAD"]) for path in STATIC_FILES]
-    routes += [Route("/api/models", list_models, methods=["GET"]),
-               Route("/api/caption", caption, methods=["POST"])]
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         batcher.close()
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error},
+    app = Starlette(routes=routes, exception_handlers={HTTPException: api.http_error, Exception: api.server_error},
                     lifespan=lifespan)
     app.state.pool, app.state.batcher, app.state.max_upload = pool, batcher, max_upload
     return app
+
+
+class _Api:
+    """The app's endpoints and error handlers, around one ModelPool and one Batcher."""
+
+    def __init__(self, pool: ModelPool, batcher: Batcher, max_upload: int, beam_size: int):
+        self.pool, self.batcher, self.max_upload, self.beam_size = pool, batcher, max_upload, beam_size
+        self.pages = {route: (resources.files("captioner").joinpath("static", name).read_bytes(), media)
+                      for route, (name, media) in STATIC_FILES.items()}
+        self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def limits(self):
+        """(upload slots, decoding limiter, loading limiter) of the running event loop (a test client
+        may run the app on several loops, one after the other; asyncio's primitives belong to one)."""
+        import anyio
+
+        loop = asyncio.get_running_loop()
+        if loop not in self._per_loop:
+            self._per_loop[loop] = (asyncio.Semaphore(UPLOAD_SLOTS), anyio.CapacityLimiter(1),
+                                    anyio.CapacityLimiter(1))
+        return self._per_loop[loop]
+
+    @staticmethod
+    def error(status: int, reason: str):
+        from starlette.responses import JSONResponse
+
+        reason = " ".join(reason.split())       # one line, whatever an underlying message held
+        return JSONResponse({"error": reason if len(reason) <= 240 else reason[:237] + "..."}, status_code=status,
+                            headers=SECURITY_HEADERS)
+
+    async def page(self, request):
+        from starlette.responses import Response
+
+        body, media = self.pages[request.url.path]
+        return Response(body, media_type=media, headers={**SECURITY_HEADERS, "cache-control": "no-cache"})
+
+    async def list_models(self, request):
+        from starlette.responses import JSONResponse
+
+        pool = self.pool
+        return JSONResponse({"default": pool.default,
+                             "models": [{"name": name, "file": path.name, "default": name == pool.default,
+                                         "loaded": pool.loaded(name)} for name, path in pool.paths.items()]},
+                            headers=SECURITY_HEADERS)
+
+    async def caption(self, request):
+        from starlette.responses import JSONResponse
+
+        arrived = time.perf_counter()
+        try:
+            loaded, beam, pixels, url, decode_s = await self._photo(request)
+            result, model_s, together = await asyncio.wrap_future(self.batcher.submit(loaded, beam, pixels))
+        except RequestError as e:
+            return self.error(e.status, e.reason)
+        body = caption_json(result, loaded, beam)
+        if url is not None:
+            body["preview"] = url
+        # Where the time went, for browsers' network panels and benchmarks (Server-Timing, ms).
+        timing = (f"decode;dur={decode_s * 1000:.1f}, model;dur={model_s * 1000:.1f};desc=\"batch of "
+                  f"{together}\", total;dur={(time.perf_counter() - arrived) * 1000:.1f}")
+        return JSONResponse(body, headers={**SECURITY_HEADERS, "server-timing": timing})
+
+    async def _photo(self, request):
+        """(the LoadedModel, beam size, pixels, preview URL or None, seconds decoding took) of a caption
+        request, its body held only inside an upload slot; RequestError for anything refused."""
+        upload_slots, decode_limiter, load_limiter = self.limits()
+        async with upload_slots:
+            form = await read_form(request, self.max_upload)
+            if form.image is None:
+                raise RequestError(400, "no photo: send it as the multipart file field 'image'")
+            if not form.image:
+                raise RequestError(400, "empty upload: the field 'image' holds 0 bytes")
+            beam = _beam_size(form.fields.get("beam_size"), self.beam_size)
+            preview = _flag("preview", form.fields.get("preview"))
+            loaded = await self._model(form.fields.get("model"), load_limiter)
+            start = time.perf_counter()
+            pixels, url = await self._decode(form.image, loaded, preview, decode_limiter)
+            decode_s = time.perf_counter() - start
+            del form
+        return loaded, beam, pixels, url, decode_s
+
+    async def _model(self, requested: str | None, limiter) -> LoadedModel:
+        """The model a request names (or the default), loaded in a thread the first time; RequestError."""
+        import anyio
+
+        from .checkpoint import CheckpointError
+
+        pool = self.pool
+        name = pool.resolve(requested)
+        try:
+            return (pool.get(name) if pool.loaded(name)   # loaded: no thread hop
+                    else await anyio.to_thread.run_sync(pool.get, name, limiter=limiter))
+        except CheckpointError as e:
+            # The reason without the server's folders: the client knows the model by name.
+            reason = str(e).replace(str(pool.paths[name]), pool.paths[name].name)
+            raise RequestError(422, f"model {name!r} cannot be used: {reason}") from None
+
+    @staticmethod
+    async def _decode(image: bytes, loaded: LoadedModel, preview: bool, limiter):
+        """`prepare_photo` on the event loop for a small picture, otherwise in a thread (one at a time)."""
+        import anyio
+
+        from .images import ImageError
+
+        try:
+            if not preview and _small_picture(image):
+                return prepare_photo(image, loaded.preprocessing, preview)
+            return await anyio.to_thread.run_sync(prepare_photo, image, loaded.preprocessing, preview,
+                                                  limiter=limiter)
+        except ImageError as e:
+            raise RequestError(422, f"image: {e}") from None
+
+    async def http_error(self, request, exc):
+        return self.error(exc.status_code, str(exc.detail))
+
+    async def server_error(self, request, exc: Exception):
+        return self.error(500, f"internal error ({type(exc).__name__}: {_clip(str(exc), 100)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The server from Python (a notebook, a test, a benchmark): the command in a child process.
+
+
+@contextlib.contextmanager
+def running_server(weights=(), extra=(), timeout: float = 120.0, env: dict | None = None):
+    """Run `python -m captioner.serve` in a child process on 127.0.0.1 (a free port) for a `with` block;
+    yields (its subprocess.Popen, its base URL such as "http://127.0.0.1:41873/") once it listens.
+
+    `weights`: checkpoints to offer (each a `--weights`; the first is the default model; none: the shipped
+    weights/*.pt); `extra`: more of the command's options (e.g. ["--max-upload-mb", "5"]); `env`: variables
+    set in the child's environment. RuntimeError if the server has not started within `timeout` seconds.
+    Leaving the block stops it (Ctrl-C, then killed if it lingers). A child process rather than a thread:
+    the server keeps its own memory and CPU, apart from the notebook or test that calls it.
+
+        with running_server(["weights/shapes_soft.pt"]) as (proc, url):
+            ...  # POST photos to url + "api/caption"; the page is at url
+    """
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "captioner.serve", "--host", "127.0.0.1", "--port", "0", *map(str, extra)]
+    for w in weights:
+        cmd += ["--weights", str(w)]
+    here = str(Path(__file__).resolve().parent.parent)   # the child imports this very package
+    pythonpath = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})})
+    out: list[str] = []
+    err: list[str] = []
+    found = threading.Event()
+
+    def read(stream, lines, announces):   # both pipes drained: a chatty server never blocks on one
+        for line in stream:
+            lines.append(line)
+            if announces and "serving http://" in line:
+                found.set()
+
+    readers = [threading.Thread(target=read, args=(stream, lines, stream is proc.stdout), daemon=True)
+               for stream, lines in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.1):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is not None:
+                    for reader in readers:
+                        reader.join(timeout=5)
+                raise RuntimeError(f"the server did not start: {''.join(out)}{''.join(err)}")
+        line = next(line for line in out if "serving http://" in line)
+        yield proc, line.split("serving ", 1)[1].split()[0]
+    finally:
+        _stop(proc)
+        for reader in readers:
+            reader.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+
+
+def _stop(proc) -> None:
+    """Stop a server started by running_server: Ctrl-C (its clean way out), killed if it lingers."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    if os.name == "nt":
+        proc.terminate()
+    else:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------

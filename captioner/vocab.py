@@ -1,4 +1,4 @@
-"""Vocabulary and offline tokenisation.
+"""The vocabulary (words <-> ids) and caption tokenisation (offline: nothing downloaded).
 
 The vocabulary is built from training captions only and travels inside every
 checkpoint as plain data (`to_dict` / `from_dict`).

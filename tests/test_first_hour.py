@@ -296,8 +296,16 @@ def test_the_readme_output_folder_is_ignored_by_git():
     assert "overlays/" in (ROOT / ".gitignore").read_text().split()
 
 
+def test_the_readme_layout_lists_every_module():
+    layout = (ROOT / "README.md").read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(captioner/[\w/]+\.py)` \|", layout, flags=re.M))
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "captioner").rglob("*.py")}
+    assert sorted(modules - listed) == [], "modules missing from the README's Layout table"
+    assert sorted(listed - modules) == [], "the README's Layout table lists modules that do not exist"
+
+
 def test_benchmarks_say_what_they_measure_before_any_issue_number():
-    for script in sorted((ROOT / "bench").glob("*.py")):
+    for script in sorted((ROOT / "bench").rglob("*.py")):
         doc = ast.get_docstring(ast.parse(script.read_text())) or ""
         assert not re.search(r"\bissue \d", doc.split("\n\n")[0], flags=re.I), script.name
     head = (ROOT / "BENCHMARKS.md").read_text().split("\n## ")[0]

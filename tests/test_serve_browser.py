@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serve_client import HARD, SOFT
 
-from bench.serve_load import HARD, SOFT, running_server
 from captioner.data.shapes import make_scene
 from captioner.render import upsample
+from captioner.serve import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

@@ -10,16 +10,9 @@ import pytest
 pytest.importorskip("uvicorn")
 import time
 
-from bench.serve_load import (
-    SOFT,
-    connect,
-    loopback_only,
-    multipart,
-    peak_rss_mb,
-    run_load,
-    running_server,
-    shapes_photos,
-)
+from serve_client import SOFT, connect, loopback_only, multipart, peak_rss_mb, run_load, shapes_photos
+
+from captioner.serve import running_server
 
 PEAK_RSS_LIMIT_MB = 1500     # the shapes model serves in a few hundred MiB; a leak or eight copies would show
 

@@ -2,7 +2,7 @@
 encoder pass, for the train/val/test splits of a data set, where `train.py --feature-cache` finds
 them. Then train one decoder per layer on the same budget and compare dev (val) BLEU-4 / CIDEr.
 
-    python -m bench.encoder_layers --data-root FLICKR8K_TEXT --images PHOTOS --cache /tmp/f8k-cache
+    python -m bench.quality.encoder_layers --data-root FLICKR8K_TEXT --images PHOTOS --cache /tmp/f8k-cache
 
 prints the cache folders; the training commands are in BENCHMARKS.md ("Encoder layers").
 """

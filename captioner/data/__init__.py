@@ -1,4 +1,6 @@
-"""Data sets. Every split is an *image set*: `len()`, `image(i)` -> uint8 (3, S, S) tensor,
+"""Data sets: a split loaded by name (`load_split`), and the (image, caption) pairs and batches drawn from it.
+
+Every split is an *image set*: `len()`, `image(i)` -> uint8 (3, S, S) tensor,
 `references[i]` (the raw reference captions of image i) and `ids[i]` (the image id used in
 results files). Training draws (image, caption) pairs from it; validation and evaluation
 decode each image once.

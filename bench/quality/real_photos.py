@@ -1,7 +1,7 @@
 """Real-photo checks of a captioning model, beside `python -m captioner.evaluate`'s Flickr8k table:
 
-    python -m bench.real_photos coco --images DIR --annotations captions.json   # caption and score photos
-    python -m bench.real_photos dogs --data-root FLICKR8K_TEXT --images PHOTOS   # the encoder's ImageNet check
+    python -m bench.quality.real_photos coco --images DIR --annotations captions.json   # caption and score photos
+    python -m bench.quality.real_photos dogs --data-root FLICKR8K_TEXT --images PHOTOS   # the encoder's ImageNet check
 
 `coco`: captions every photo of an official-format COCO captions file once (beam 3, the default
 model unless --weights), prints each caption beside one of its references, and the coco-caption
