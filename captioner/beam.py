@@ -65,14 +65,15 @@ class _Hypotheses:
     betas: torch.Tensor      # (B, K, S)
     locations: torch.Tensor  # (B, K, S) long
 
-    def fields(self) -> tuple[torch.Tensor, ...]:
-        """The four tensors themselves (dataclasses.astuple would deep-copy them)."""
-        return self.tokens, self.alphas, self.betas, self.locations
-
     @classmethod
     def empty(cls, B: int, K: int, S: int, L: int, pad: int, device) -> _Hypotheses:
         return cls(torch.full((B, K, S), pad, dtype=torch.long, device=device), torch.zeros(B, K, S, L, device=device),
                    torch.zeros(B, K, S, device=device), torch.full((B, K, S), -1, dtype=torch.long, device=device))
+
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        """(tokens, alphas, betas, locations): the tensors themselves. Not dataclasses.astuple, which
+        deep-copies them, so the finished pool's in-place writes would land in copies and be lost."""
+        return self.tokens, self.alphas, self.betas, self.locations
 
     def extend(self, parent: torch.Tensor, word: torch.Tensor, out) -> _Hypotheses:
         """Each survivor (B, K) is its `parent` beam's hypothesis plus `word` and this step's output."""
@@ -81,7 +82,7 @@ class _Hypotheses:
         step = (word, out.alphas.float().view(B, K, -1), out.beta.float().view(B, K),
                 location.view(B, K) if location is not None else torch.full_like(word, -1))
         grown = []
-        for history, new in zip(self.fields(), step):
+        for history, new in zip(self.parts(), step):
             index = parent.view(B, K, *[1] * (history.dim() - 2)).expand_as(history)
             new = new if new is word else new.gather(1, parent.view(B, K, *[1] * (new.dim() - 2)).expand_as(new))
             grown.append(torch.cat([history.gather(1, index), new.unsqueeze(2)], dim=2))
@@ -152,7 +153,7 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
             slot = (done.unsqueeze(1) + ended.long().cumsum(dim=1) - 1)[b, k]     # next free places, in rank order
             pool_scores[b, slot] = scores[b, k]
             pool_length[b, slot] = step + 1                                       # tokens, <end> included
-            for kept, new in zip(pool.fields(), live.fields()):
+            for kept, new in zip(pool.parts(), live.parts()):
                 kept[b, slot, :step + 1] = new[b, k]
             done = done + ended.sum(dim=1)
             scores = scores.masked_fill(ended, inf)
@@ -170,15 +171,15 @@ def _captions(vocab, pool: _Hypotheses, pool_scores, pool_length, live: _Hypothe
     S = live.tokens.shape[2]
     every = torch.cat([pool_scores, scores], dim=1)                               # (B, 2K)
     length = torch.cat([pool_length, torch.full_like(pool_length, S)], dim=1)
-    both = _Hypotheses(*(torch.cat([p, s], dim=1) for p, s in zip(pool.fields(),
-                                                                  live.padded(max_len, vocab.pad).fields())))
+    both = _Hypotheses(*(torch.cat([p, s], dim=1) for p, s in zip(pool.parts(),
+                                                                  live.padded(max_len, vocab.pad).parts())))
     finished = torch.cat([torch.ones_like(pool_scores, dtype=torch.bool),
                           torch.zeros_like(scores, dtype=torch.bool)], dim=1)
     ranked = _normalise(every, length, length_penalty)
     # Empty slots rank last whatever the normalisation (their score stays -inf).
     order = ranked.masked_fill(every == inf, inf).argsort(dim=1, descending=True)  # (B, 2K)
     every, ranked, order, finished = every.cpu(), ranked.cpu(), order.cpu(), finished.cpu()
-    tokens, alphas, betas, locations = (t.cpu() for t in both.fields())
+    tokens, alphas, betas, locations = (t.cpu() for t in both.parts())
     has_locations = bool((locations >= 0).any())
     results = []
     for b in range(every.shape[0]):  # unpacking into Python objects only; the search itself is batched

@@ -24,7 +24,7 @@ from .config import (
     TrainConfig,
     train_config_for,
 )
-from .messages import fail
+from .messages import fail, make_folder
 from .runtime import pick_device
 
 TRAIN_HELP = {
@@ -369,25 +369,12 @@ def caption_main(argv=None) -> int:
 
 
 def _caption(args) -> int:
-    if not 1 <= args.beam_size <= MAX_BEAM:
-        return fail(f"--beam-size must be between 1 and {MAX_BEAM}, got {args.beam_size}")
-    if not 1 <= args.batch_size <= MAX_BATCH:
-        return fail(f"--batch-size must be between 1 and {MAX_BATCH}, got {args.batch_size}")
-    if not math.isfinite(args.length_penalty):
-        return fail(f"--length-penalty must be a finite number, got {args.length_penalty}")
-    if args.attention is not None:
-        folder = Path(args.attention)
-        if folder.exists() and not folder.is_dir():
-            return fail(f"{args.attention}: --attention needs a folder, and this is a file")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            return fail(f"{args.attention}: cannot create the --attention folder ({e.strerror or e})")
-    import torch
-
+    problem = _check_caption_flags(args)
+    if problem:
+        return fail(problem)
     from .checkpoint import CheckpointError, load_captioner
-    from .images import ImageError, image_files, preprocessing_for, read_images
-    from .inference import caption_batch
+    from .images import preprocessing_for, read_images
+    from .inference import batched, caption_batches
 
     try:
         device = pick_device(args.device)
@@ -396,77 +383,119 @@ def _caption(args) -> int:
         return fail(str(e))
     model.requires_grad_(False)  # decoding only (caption_batch runs under inference mode); global grad mode untouched
     preprocessing = preprocessing_for(model)
-    failed = 0
-    pending: list[tuple[str, object, torch.Tensor]] = []
-    overlays: dict[str, str] = {}  # overlay file name -> the image it shows (two stems may be equal)
-
-    def flush():
-        nonlocal failed
-        if not pending:
-            return
-        pixels = torch.stack([p[2] for p in pending])
-        captions = caption_batch(model, pixels, vocab, args.beam_size, args.length_penalty)
-        for (path, photo, _), caption in zip(pending, captions):
-            out = None
-            if args.attention is not None:
-                out = Path(args.attention) / _overlay_name(path, overlays)
-                if out.stem != Path(path).stem:
-                    print(f"note: {_shown(path)}: overlay written to {_shown(str(out))} ({Path(path).stem}.png "
-                          f"shows {_shown(overlays[Path(path).stem + '.png'])})", file=sys.stderr, flush=True)
-            if args.json:
-                record = {"image": path, "caption": caption.text, "log_prob": log_prob_value(caption.log_prob),
-                          "candidates": [{"caption": " ".join(w), "log_prob": log_prob_value(lp)}
-                                         for w, lp in caption.candidates]}
-                if out is not None:
-                    record["overlay"] = str(out)
-                print(json.dumps(record), flush=True)
-            else:
-                print(f"{_shown(path)}\t{caption.text}", flush=True)
-            if out is not None:
-                from .render import render_attention
-
-                try:
-                    render_attention(photo, caption, model.config.grid_size, out,
-                                     crop_box=preprocessing.crop_box(*photo.size))
-                except OSError as e:
-                    print(f"{_shown(path)}: cannot write {out} ({e.strerror or e})", file=sys.stderr, flush=True)
-                    failed += 1
-        pending.clear()
-
+    output = _CaptionOutput(args, model.config.grid_size, preprocessing)
+    paths, folder_errors = _input_paths(args.images)
     # Files are read a batch ahead in a few threads (images.read_images), so the next batch is being
     # decoded while this one is encoded; results and messages still come in the order given. The
     # picture itself is only kept for --attention's overlay.
-    paths, folder_errors = [], {}
-    for given in args.images:
-        if given == "-":  # one path per line on standard input (`find ... | caption.py -`)
-            paths.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
-        elif os.path.isdir(given):  # the images inside, in sorted order (not its subfolders)
-            try:
-                paths.extend(image_files(given))
-            except ImageError as e:  # reported in its turn, among the other inputs' lines
-                folder_errors[given] = e
-                paths.append(given)
-        else:
-            paths.append(given)
     with contextlib.closing(read_images(paths, preprocessing, keep_photos=args.attention is not None,
                                         ahead=args.batch_size)) as reads:
-        for path, reading in reads:
+        batches = batched(_usable(reads, folder_errors, output), args.batch_size)
+        for batch, captions in caption_batches(model, batches, vocab, _stacked_pixels, args.beam_size,
+                                               args.length_penalty):
+            for (path, photo, _), caption in zip(batch, captions):
+                output.captioned(path, photo, caption)
+    return 1 if output.failed else 0
+
+
+def _check_caption_flags(args) -> str | None:
+    """The first problem with caption.py's flags, as one line; None when all are usable. Creates
+    the --attention folder, so a folder that cannot be made stops the run before the model loads."""
+    if not 1 <= args.beam_size <= MAX_BEAM:
+        return f"--beam-size must be between 1 and {MAX_BEAM}, got {args.beam_size}"
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        return f"--batch-size must be between 1 and {MAX_BATCH}, got {args.batch_size}"
+    if not math.isfinite(args.length_penalty):
+        return f"--length-penalty must be a finite number, got {args.length_penalty}"
+    if args.attention is not None:
+        return make_folder(args.attention, "--attention needs a folder, and this is a file",
+                           "cannot create the --attention folder")
+    return None
+
+
+def _input_paths(given: list[str]) -> tuple[list[str], dict]:
+    """caption.py's IMAGE arguments as file paths, in order, and {folder: ImageError} for each folder
+    that could not be listed or holds no image (it stays in the paths, to be reported in its turn)."""
+    from .images import ImageError, image_files
+
+    paths, folder_errors = [], {}
+    for name in given:
+        if name == "-":  # one path per line on standard input (`find ... | caption.py -`)
+            paths.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
+        elif os.path.isdir(name):  # the images inside, in sorted order (not its subfolders)
             try:
-                photo, pixels = reading.result()
-            except ImageError as e:
-                print(f"{_shown(path)}: {folder_errors.get(path, e)}", file=sys.stderr, flush=True)
-                failed += 1
-                continue
-            except (MemoryError, ValueError, OSError) as e:  # resizing a readable but odd picture
-                print(f"{_shown(path)}: cannot prepare the image ({type(e).__name__}: {e})", file=sys.stderr,
-                      flush=True)
-                failed += 1
-                continue
-            pending.append((path, photo, pixels))
-            if len(pending) >= args.batch_size:
-                flush()
-    flush()
-    return 1 if failed else 0
+                paths.extend(image_files(name))
+            except ImageError as e:  # reported in its turn, among the other inputs' lines
+                folder_errors[name] = e
+                paths.append(name)
+        else:
+            paths.append(name)
+    return paths, folder_errors
+
+
+def _usable(reads, folder_errors: dict, output: _CaptionOutput):
+    """(path, photo, pixels) of each file of `reads` (images.read_images) that could be prepared, in
+    order; each other one is reported when its turn comes, as the files before it are."""
+    from .images import ImageError
+
+    for path, reading in reads:
+        try:
+            photo, pixels = reading.result()
+        except ImageError as e:
+            output.problem(path, folder_errors.get(path, e))
+            continue
+        except (MemoryError, ValueError, OSError) as e:  # resizing a readable but odd picture
+            output.problem(path, f"cannot prepare the image ({type(e).__name__}: {e})")
+            continue
+        yield path, photo, pixels
+
+
+def _stacked_pixels(batch):
+    """A batch of (path, photo, pixels (3, S, S)) -> the images (B, 3, S, S) `caption_batch` takes."""
+    import torch
+
+    return torch.stack([pixels for _, _, pixels in batch])
+
+
+class _CaptionOutput:
+    """What caption.py writes per image, in order: its line (or JSON object) on stdout and its
+    --attention overlay; and one line on stderr per image that could not be used, counted in `failed`."""
+
+    def __init__(self, args, grid_size: int, preprocessing):
+        self.args, self.grid_size, self.preprocessing = args, grid_size, preprocessing
+        self.failed = 0
+        self.overlays: dict[str, str] = {}  # overlay file name -> the image it shows (two stems may be equal)
+
+    def problem(self, path: str, message) -> None:
+        print(f"{_shown(path)}: {message}", file=sys.stderr, flush=True)
+        self.failed += 1
+
+    def captioned(self, path: str, photo, caption) -> None:
+        out = self._overlay_path(path) if self.args.attention is not None else None
+        if self.args.json:
+            record = {"image": path, "caption": caption.text, "log_prob": log_prob_value(caption.log_prob),
+                      "candidates": [{"caption": " ".join(w), "log_prob": log_prob_value(lp)}
+                                     for w, lp in caption.candidates]}
+            if out is not None:
+                record["overlay"] = str(out)
+            print(json.dumps(record), flush=True)
+        else:
+            print(f"{_shown(path)}\t{caption.text}", flush=True)
+        if out is not None:
+            from .render import render_attention
+
+            try:
+                render_attention(photo, caption, self.grid_size, out, crop_box=self.preprocessing.crop_box(*photo.size))
+            except OSError as e:
+                self.problem(path, f"cannot write {out} ({e.strerror or e})")
+
+    def _overlay_path(self, path: str) -> Path:
+        """Where the overlay of `path` goes; a note on stderr when its stem's name was taken."""
+        out = Path(self.args.attention) / _overlay_name(path, self.overlays)
+        if out.stem != Path(path).stem:
+            print(f"note: {_shown(path)}: overlay written to {_shown(str(out))} ({Path(path).stem}.png "
+                  f"shows {_shown(self.overlays[Path(path).stem + '.png'])})", file=sys.stderr, flush=True)
+        return out
 
 
 def caption_command() -> None:

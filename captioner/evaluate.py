@@ -194,49 +194,16 @@ def evaluate_results_file(args) -> dict:
 def evaluate_checkpoint(args) -> dict:
     import torch
 
-    from .checkpoint import (
-        DEFAULT_WEIGHTS,
-        SHIPPED_WEIGHTS,
-        CheckpointError,
-        build_from_checkpoint,
-        read_checkpoint,
-        trained_on,
-    )
-    from .data import load_split
     from .inference import caption_set
-    from .messages import first_sentence
     from .runtime import pick_device
 
     try:
         device = pick_device(args.device)
     except ValueError as e:
         raise EvaluationError(str(e)) from None
-    # Without --weights: the shipped model of that data set where there is one (shapes, flickr8k).
-    path = Path(args.weights) if args.weights is not None else SHIPPED_WEIGHTS.get(args.dataset, DEFAULT_WEIGHTS)
-    try:
-        data = read_checkpoint(path)
-        model, vocab = build_from_checkpoint(data, str(path))
-    except CheckpointError as e:
-        raise EvaluationError(str(e)) from None
-    model.to(device).eval()
-    # Which model is scored, always on stderr: without --weights it is the shipped default, whatever --dataset.
-    source = trained_on(data)
-    shown = _relative(path)
-    print(f"model: {shown}{'' if args.weights is not None else ' (the default; choose one with --weights)'}, "
-          f"trained on {source or 'an unrecorded data set'}", file=sys.stderr)
-    if source is not None and source != args.dataset:
-        print(f"warning: {shown} was trained on {source}, not {args.dataset}: its captions of {args.dataset} "
-              f"images say what it learned on {source}", file=sys.stderr)
+    model, vocab = _checkpoint_model(args, device)
     torch.manual_seed(args.seed)
-    try:
-        images = load_split(args.dataset, args.split, image_size=model.config.image_size, resize=model.config.resize,
-                            images=args.images,
-                            num_images=args.num_images, seed=args.seed, data_root=args.data_root,
-                            split_file=args.split_file)
-    except (ValueError, OSError, KeyError) as e:
-        raise EvaluationError(f"{args.dataset} {args.split} split: {first_sentence(e)}") from None
-    if len(images) == 0:
-        raise EvaluationError(f"the {args.dataset} {args.split} split has no images")
+    images = _split_images(args, model.config)
     start = time.perf_counter()
     captions = caption_set(model, images, vocab, beam_size=args.beam_size, batch_size=args.batch_size,
                            length_penalty=args.length_penalty, progress=sys.stderr.isatty(),
@@ -258,6 +225,54 @@ def evaluate_checkpoint(args) -> dict:
             captions, images.objects, model.config.grid_size, images.image_size)
     return score_and_report(ids, hypotheses, [list(r) for r in images.references],
                             java=False if args.no_java else None, per_image=args.per_image, extra=extra)
+
+
+def _checkpoint_model(args, device):
+    """(model in eval mode on `device`, vocabulary) of --weights (default: the data set's shipped
+    model); says on stderr which model it is, and warns when it was trained on another data set."""
+    from .checkpoint import (
+        DEFAULT_WEIGHTS,
+        SHIPPED_WEIGHTS,
+        CheckpointError,
+        build_from_checkpoint,
+        read_checkpoint,
+        trained_on,
+    )
+
+    # Without --weights: the shipped model of that data set where there is one (shapes, flickr8k).
+    path = Path(args.weights) if args.weights is not None else SHIPPED_WEIGHTS.get(args.dataset, DEFAULT_WEIGHTS)
+    try:
+        data = read_checkpoint(path)
+        model, vocab = build_from_checkpoint(data, str(path))
+    except CheckpointError as e:
+        raise EvaluationError(str(e)) from None
+    model.to(device).eval()
+    # Which model is scored, always on stderr: without --weights it is the shipped default, whatever --dataset.
+    source = trained_on(data)
+    shown = _relative(path)
+    print(f"model: {shown}{'' if args.weights is not None else ' (the default; choose one with --weights)'}, "
+          f"trained on {source or 'an unrecorded data set'}", file=sys.stderr)
+    if source is not None and source != args.dataset:
+        print(f"warning: {shown} was trained on {source}, not {args.dataset}: its captions of {args.dataset} "
+              f"images say what it learned on {source}", file=sys.stderr)
+    return model, vocab
+
+
+def _split_images(args, config):
+    """The image set of --dataset/--split, at the model's input size and resize rule; never empty."""
+    from .data import load_split
+    from .messages import first_sentence
+
+    try:
+        images = load_split(args.dataset, args.split, image_size=config.image_size, resize=config.resize,
+                            images=args.images,
+                            num_images=args.num_images, seed=args.seed, data_root=args.data_root,
+                            split_file=args.split_file)
+    except (ValueError, OSError, KeyError) as e:
+        raise EvaluationError(f"{args.dataset} {args.split} split: {first_sentence(e)}") from None
+    if len(images) == 0:
+        raise EvaluationError(f"the {args.dataset} {args.split} split has no images")
+    return images
 
 
 # ----------------------------------------------------------------------------------------------

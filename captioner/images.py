@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -316,33 +316,45 @@ def read_images(paths: Iterable, size, keep_photos: bool = False, ahead: int = 3
     started, a handed-out future among them then raising CancelledError; run to the end, it
     leaves every future to complete."""
     paths = list(paths)
+    read = _reader(size, resize, keep_photos)
+    threads = min(READ_THREADS, os.cpu_count() or 1) if threads is None else threads
+    threads = min(threads, len(paths))
+    if threads <= 1:
+        for path in paths:
+            yield path, _read_here(read, path)
+        return
+    yield from _read_in_threads(paths, read, threads, max(1, ahead))
+
+
+def _reader(size, resize: str, keep_photos: bool) -> Callable[[object], tuple[object, torch.Tensor]]:
+    """The function `read_images` reads one file with: path -> (photo or None, pixels (3, S, S))."""
     if callable(size):  # a model's `encoder.Preprocessing` (see `preprocessing_for`)
         prepare = size
     else:  # a side in pixels, and the resize rule
         from .encoder import Preprocessing
 
         prepare = Preprocessing(size, resize)
-    threads = min(READ_THREADS, os.cpu_count() or 1) if threads is None else threads
-    threads = min(threads, len(paths))
-    ahead = max(1, ahead)
 
     def read(path):
         photo = load_image(path)
         pixels = prepare(photo)
         return (photo if keep_photos else None), pixels
 
-    def read_here(path) -> Future:
-        future = Future()
-        try:
-            future.set_result(read(path))
-        except Exception as e:  # noqa: BLE001 - handed to the caller through result(), as a pool would
-            future.set_exception(e)
-        return future
+    return read
 
-    if threads <= 1:
-        for path in paths:
-            yield path, read_here(path)
-        return
+
+def _read_here(read: Callable, path) -> Future:
+    """`read(path)` in the calling thread, its result or exception in a Future as a pool would give it."""
+    future = Future()
+    try:
+        future.set_result(read(path))
+    except Exception as e:  # noqa: BLE001 - handed to the caller through result(), as a pool would
+        future.set_exception(e)
+    return future
+
+
+def _read_in_threads(paths: list, read: Callable, threads: int, ahead: int) -> Iterator[tuple[object, Future]]:
+    """`read_images` with a pool of `threads`: at most `ahead` reads beyond the one handed out."""
     _formats()  # registers PIL's format plugins once, here, rather than in several threads at once
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read_images")
     in_flight: collections.deque[tuple[object, Future | None]] = collections.deque()
@@ -360,7 +372,7 @@ def read_images(paths: Iterable, size, keep_photos: bool = False, ahead: int = 3
                 path, future = in_flight.popleft()
                 yield path, future
         for path, future in in_flight:
-            yield path, future if future is not None else read_here(path)
+            yield path, future if future is not None else _read_here(read, path)
         finished = True
     finally:
         # Closed early: nobody will ask for the reads not yet started. Run to the end: every future

@@ -3,6 +3,9 @@ and the notebook. Each image is decoded once, in batches."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+
 import torch
 
 from .beam import Caption, beam_search
@@ -14,44 +17,72 @@ def caption_batch(model, images_uint8: torch.Tensor, vocab, beam_size: int = 3, 
                   max_len: int | None = None) -> list[Caption]:
     """uint8 images (B, 3, S, S), or cached annotations (B, L, D) (see `captioner.data.cache`),
     -> one Caption per image. The model's device is used."""
+    from .model import holds_images
+
     device = next(model.parameters()).device
     inputs = images_uint8.to(device, non_blocking=True)
-    if inputs.dim() == 3:                                                                # already (B, L, D)
-        annotations = inputs.float()
-    else:
-        annotations = model.encode(normalize(inputs, model.preprocessing))  # (B, L, D)
+    if holds_images(inputs):
+        inputs = normalize(inputs, model.preprocessing)            # uint8 -> the encoder's float input
+    annotations = model.annotations_of(inputs).float()            # (B, L, D); cached float16 -> float32
     return beam_search(model, annotations, vocab, beam_size=beam_size, max_len=max_len,
                        length_penalty=length_penalty)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """`items` in consecutive lists of `size` (the last one may be shorter), taken as they come:
+    a stream (caption.py's files, read ahead in threads) is never read to its end first."""
+    if size < 1:
+        raise ValueError(f"a batch size must be at least 1, got {size}")
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+def caption_batches(model, batches: Iterable, vocab, inputs: Callable = torch.stack, beam_size: int = 3,
+                    length_penalty: float = 0.0,
+                    max_len: int | None = None) -> Iterator[tuple[object, list[Caption]]]:
+    """The one loop that decodes many images: yields (batch, its Captions) for each of `batches`, in
+    order, as soon as that batch is decoded, so a caller can write its results (caption.py's lines
+    and overlays) while the next batch is still being read.
+
+    `inputs(batch)`: the batch as `caption_batch` takes it, uint8 images (B, 3, S, S) or annotations
+    (B, L, D); by default a batch is a list of (3, S, S) tensors (see `batched`) and is stacked.
+    The model decodes in eval mode (no dropout) and goes back to its own mode afterwards, also when
+    decoding fails or the caller stops early (training validates in between its steps)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            yield batch, caption_batch(model, inputs(batch), vocab, beam_size, length_penalty, max_len)
+    finally:
+        model.train(was_training)
 
 
 def caption_set(model, images, vocab, beam_size: int = 3, batch_size: int = 64, length_penalty: float = 0.0,
                 progress: bool = False, max_len: int | None = None, num_workers: int = 0) -> list[Caption]:
     """Decode every image of an image set (see `captioner.data`) once; results in set order.
     With `num_workers` > 0, images are read and decoded in that many DataLoader worker processes."""
-    was_training = model.training
-    model.eval()
-    results: list[Caption] = []
     if num_workers > 0 and len(images):
         from .data import ImagesOnly, collate_images
 
-        loader = torch.utils.data.DataLoader(ImagesOnly(images), batch_size=batch_size, num_workers=num_workers,
-                                             collate_fn=collate_images,
-                                             generator=torch.Generator())  # leave the global RNG alone
-        batches = (pixels for pixels, _ in loader)
+        batches = torch.utils.data.DataLoader(ImagesOnly(images), batch_size=batch_size, num_workers=num_workers,
+                                              collate_fn=collate_images,
+                                              generator=torch.Generator())  # leave the global RNG alone
+
+        def stack(batch):  # the loader's batches are (pixels (B, ...), indices), already stacked
+            return batch[0]
     else:
-        batches = (torch.stack([images.image(i) for i in range(start, min(start + batch_size, len(images)))])
-                   for start in range(0, len(images), batch_size))
+        batches = batched(range(len(images)), batch_size)
+
+        def stack(batch):  # indices -> the images (B, 3, S, S) or cached annotations (B, L, D)
+            return torch.stack([images.image(i) for i in batch])
     if progress:
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="decoding", unit="batch", leave=False,
                        total=(len(images) + batch_size - 1) // batch_size)
-    try:
-        for pixels in batches:
-            results.extend(caption_batch(model, pixels, vocab, beam_size, length_penalty, max_len))
-    finally:
-        model.train(was_training)
-    return results
+    return [caption for _, captions in caption_batches(model, batches, vocab, stack, beam_size, length_penalty,
+                                                        max_len) for caption in captions]
 
 
 def score_captions(captions: list[Caption], images, grid_size: int) -> dict[str, float]:

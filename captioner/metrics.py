@@ -337,14 +337,8 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
     """
     _check_inputs(hypotheses, references, metrics)
     want_meteor = "METEOR" in metrics
-    warnings: list[str] = []
     use_java = java_available() if java is None else java
-    if want_meteor and java is None and not use_java:
-        warnings.append("METEOR: omitted: Java was not found on PATH (the toolkit's METEOR and PTB tokeniser "
-                        "are Java programs); BLEU, ROUGE-L and CIDEr use the pure-Python PTB tokenisation")
-    elif want_meteor and java is False:
-        warnings.append("METEOR: omitted (Java not used); BLEU, ROUGE-L and CIDEr use the pure-Python PTB "
-                        "tokenisation")
+    warnings = _fallback_warnings(want_meteor, java, use_java)
     scorer, meteor_result, worker = None, {}, None
     try:
         if use_java:
@@ -361,30 +355,51 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
             hyp_tokens = [ptb_tokenize(h) for h in hypotheses]
             ref_tokens = [[ptb_tokenize(r) for r in refs] for refs in references]
         elif scorer is not None:
-            def run_meteor():
-                try:
-                    meteor_result["value"] = _meteor_score(scorer, hyp_tokens, ref_tokens)
-                except JavaError as e:
-                    meteor_result["error"] = str(e)
-
-            worker = threading.Thread(target=run_meteor, name="meteor", daemon=True)
-            worker.start()
+            worker = _meteor_thread(scorer, hyp_tokens, ref_tokens, meteor_result)
         overall, per_image = toolkit_scores(hyp_tokens, ref_tokens, metrics)
     finally:
         if worker is not None:
             worker.join()
         if scorer is not None:
             _close_meteor(scorer)
-
-    if "value" in meteor_result:
-        overall["METEOR"] = meteor_result["value"][0]
-        for row, value in zip(per_image, meteor_result["value"][1]):
-            row["METEOR"] = value
-    elif "error" in meteor_result and use_java:
-        warnings.append(f"METEOR: omitted: {meteor_result['error']}")
+    _add_meteor(overall, per_image, meteor_result, use_java, warnings)
     return CocoScores({k: overall[k] for k in METRICS if k in overall and k in metrics},
                       [{k: row[k] for k in METRICS if k in row and k in metrics} for row in per_image],
                       "java-ptb" if use_java else "python-ptb", warnings)
+
+
+def _fallback_warnings(want_meteor: bool, java: bool | None, use_java: bool) -> list[str]:
+    """`coco_scores`'s first warnings: METEOR asked for but Java not found (`java` None) or refused (False)."""
+    if want_meteor and java is None and not use_java:
+        return ["METEOR: omitted: Java was not found on PATH (the toolkit's METEOR and PTB tokeniser "
+                "are Java programs); BLEU, ROUGE-L and CIDEr use the pure-Python PTB tokenisation"]
+    if want_meteor and java is False:
+        return ["METEOR: omitted (Java not used); BLEU, ROUGE-L and CIDEr use the pure-Python PTB tokenisation"]
+    return []
+
+
+def _meteor_thread(scorer, hyp_tokens, ref_tokens, result: dict) -> threading.Thread:
+    """METEOR scored in a started thread, so its Java process works while the other metrics are
+    computed; it leaves `result["value"]` (overall, per image) or `result["error"]` (one line)."""
+    def run_meteor():
+        try:
+            result["value"] = _meteor_score(scorer, hyp_tokens, ref_tokens)
+        except JavaError as e:
+            result["error"] = str(e)
+
+    worker = threading.Thread(target=run_meteor, name="meteor", daemon=True)
+    worker.start()
+    return worker
+
+
+def _add_meteor(overall: dict, per_image: list[dict], result: dict, use_java: bool, warnings: list[str]) -> None:
+    """Put METEOR's scores from `_meteor_thread`'s `result` beside the others, or say why there are none."""
+    if "value" in result:
+        overall["METEOR"] = result["value"][0]
+        for row, value in zip(per_image, result["value"][1]):
+            row["METEOR"] = value
+    elif "error" in result and use_java:
+        warnings.append(f"METEOR: omitted: {result['error']}")
 
 
 def _check_inputs(hypotheses, references, metrics) -> None:

@@ -78,38 +78,21 @@ class Captioner(nn.Module):
         as (len(words), L) weights over the annotation grid: `.alphas.view(-1, model.grid_size,
         model.grid_size)`; `captioner.render.render_attention` draws them over the picture.
         An unreadable file raises `images.ImageError` with a one-line reason."""
-        from .images import ImageError, load_image, preprocessing_for
-        from .inference import caption_batch
+        from .images import preprocessing_for
+        from .inference import batched, caption_batches
 
         vocab = vocab if vocab is not None else self.vocab
         if vocab is None:
             raise ValueError("this model has no vocabulary: load it with Captioner.load(path), or pass vocab=")
         if not 1 <= beam_size:
             raise ValueError(f"beam_size must be at least 1, got {beam_size}")
-        single = not isinstance(images, (list, tuple)) and not (torch.is_tensor(images) and images.dim() == 4)
-        items = [images] if single else list(images)
+        # A (B, 3, H, W) tensor is B images; a (3, H, W) one is one image.
+        single = not isinstance(images, (list, tuple)) and not (torch.is_tensor(images) and holds_images(images))
         prepare = preprocessing_for(self)
-        pixels = []
-        for item in items:
-            if torch.is_tensor(item):
-                photo = _tensor_to_pil(item)
-            elif hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-                photo = item.convert("RGB")
-            else:
-                try:
-                    photo = load_image(item)
-                except ImageError as e:
-                    raise ImageError(f"{item}: {e}") from None
-            pixels.append(prepare(photo))
-        was_training = self.training
-        self.eval()
-        try:
-            captions = []
-            for start in range(0, len(pixels), batch_size):
-                captions += caption_batch(self, torch.stack(pixels[start:start + batch_size]), vocab, beam_size,
-                                          length_penalty)
-        finally:
-            self.train(was_training)
+        pixels = [prepare(_photo(item)) for item in ([images] if single else list(images))]  # every file read first
+        captions = [caption for _, batch in caption_batches(self, batched(pixels, batch_size), vocab,
+                                                            beam_size=beam_size, length_penalty=length_penalty)
+                    for caption in batch]
         return captions[0] if single else captions
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -122,8 +105,14 @@ class Captioner(nn.Module):
         annotations (B, L, D), e.g. from the feature cache; `captions` (B, T) starts with <start>
         and holds the previous word of each step. The batch is never reordered.
         `hard_mode`, `return_trace`: see `Decoder.forward` (hard attention's training needs them)."""
-        annotations = self.encode(inputs) if inputs.dim() == 4 else inputs
-        return self.decoder(annotations, captions, mask, hard_mode=hard_mode, return_trace=return_trace)
+        return self.decoder(self.annotations_of(inputs), captions, mask, hard_mode=hard_mode,
+                            return_trace=return_trace)
+
+    def annotations_of(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Annotation vectors (B, L, D) of a batch: images (B, 3, H, W), normalised as
+        `self.preprocessing` says, are encoded; annotations (B, L, D) (the feature cache's) pass as
+        they are. Which of the two a batch holds is `holds_images`'s answer."""
+        return self.encode(inputs) if holds_images(inputs) else inputs
 
     def init_state(self, annotations: torch.Tensor) -> DecoderState:
         return self.decoder.init_state(annotations)
@@ -135,6 +124,27 @@ class Captioner(nn.Module):
     @property
     def grid_size(self) -> int:
         return self.config.grid_size
+
+
+def holds_images(inputs: torch.Tensor) -> bool:
+    """Whether a batch holds images (B, 3, H, W) rather than annotation vectors (B, L, D), such as
+    the feature cache's. Told apart by rank alone, here only, so every caller agrees."""
+    return inputs.dim() == 4
+
+
+def _photo(item):
+    """A file path, a PIL image or a (3, H, W) tensor -> an RGB PIL image, for `Captioner.caption`.
+    An unreadable file raises `images.ImageError` naming the file."""
+    from .images import ImageError, load_image
+
+    if torch.is_tensor(item):
+        return _tensor_to_pil(item)
+    if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
+        return item.convert("RGB")
+    try:
+        return load_image(item)
+    except ImageError as e:
+        raise ImageError(f"{item}: {e}") from None
 
 
 def _frozen_subtrees(module: nn.Module):

@@ -145,13 +145,13 @@ def photo_examples(paths) -> tuple[list[Example], list[str]]:
 def caption_examples(model, vocab, examples: list[Example], beam_size: int = 3, batch_size: int = 16,
                      length_penalty: float = 0.0) -> list[Caption]:
     """One beam-search `Caption` per example (its words, alphas, betas, candidates, locations)."""
-    from .inference import caption_batch
+    from .inference import batched, caption_batches
 
-    captions: list[Caption] = []
-    for start in range(0, len(examples), batch_size):
-        pixels = torch.stack([model.preprocessing(e.photo) for e in examples[start:start + batch_size]])
-        captions.extend(caption_batch(model, pixels, vocab, beam_size, length_penalty))
-    return captions
+    def pixels(batch: list[Example]) -> torch.Tensor:   # (B, 3, S, S), as the model's preprocessing makes them
+        return torch.stack([model.preprocessing(e.photo) for e in batch])
+
+    return [caption for _, captions in caption_batches(model, batched(examples, batch_size), vocab, pixels,
+                                                        beam_size, length_penalty) for caption in captions]
 
 
 def describe_model(model, path=None) -> str:
@@ -275,28 +275,11 @@ def held_out_report(models: dict, num_images: int = 200, beam_size: int = 3, spl
 
 
 # -- figures --------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg")  # headless and outside Jupyter: never try to open a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _finish(fig, plt):
     """Detach the figure from pyplot (it shows once, where displayed) and set the notebook's resolution."""
     plt.close(fig)
     fig.set_dpi(FIGURE_DPI)  # after close: closing resets it. Jupyter draws at fig.dpi (savefig: its own dpi)
     return fig
-
-
-def _marks(caption: Caption, grid_size: int):
-    locations = getattr(caption, "locations", None)
-    if locations is None:
-        return None
-    return [divmod(int(cell), grid_size) if cell >= 0 else None for cell in locations.tolist()]
 
 
 def _panel_layout(fig, rows: int, cols: int, panel: float, left: float = 0.0, title: str | None = None,
@@ -321,17 +304,17 @@ def word_grid(example: Example, caption: Caption, grid_size: int, columns: int =
     in the named object's box?), ground-truth boxes dashed, hard attention's chosen cell outlined.
     `preprocessing` (the model's `encoder.Preprocessing`): the maps lie over the region the model saw
     (the whole frame for a model that squashes, the centre square for one that crops)."""
-    from .render import _label_below, attention_figure
+    from .render import attention_figure, label_below, pyplot, word_marks
 
-    plt = _pyplot()
+    plt = pyplot()
     hits = word_hits(example, caption, grid_size)
     labels = [w + {True: " \u2713", False: " \u2717", None: ""}[h] for w, h in zip(caption.words, hits)]
     fig = attention_figure(example.photo, caption.words, caption.alphas, grid_size, columns=columns,
-                           boxes=example.boxes or None, marks=_marks(caption, grid_size), title=example.name,
+                           boxes=example.boxes or None, marks=word_marks(caption, grid_size), title=example.name,
                            word_below=True, labels=labels, style="spotlight",
                            crop_box=preprocessing.crop_box(*example.photo.size) if preprocessing else None)
     fig.axes[0].set_title("")
-    _label_below(fig.axes[0], example.name, fontsize=10)           # the picture's name under it, too
+    label_below(fig.axes[0], example.name, fontsize=10)           # the picture's name under it, too
     rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
     _panel_layout(fig, rows, cols, PANEL_INCHES, title=f"\u201c{caption.text}\u201d   log p = "
                   f"{log_prob_text(caption.log_prob)}"
@@ -351,7 +334,9 @@ def word_grids(examples: list[Example], captions: list[Caption], grid_size: int,
 def beta_plot(captions: list[Caption], labels: list[str]):
     """One bar chart per caption: the gate beta_t of every word (sec. 4.2.1), colour and shape words
     in colour, the others in grey."""
-    plt = _pyplot()
+    from .render import pyplot
+
+    plt = pyplot()
     rows = max(1, len(captions))
     widest = max([len(c.words) for c in captions] + [1])
     fig, axes = plt.subplots(rows, 1, figsize=(max(6.0, 0.62 * widest + 1.5), 1.9 * rows), squeeze=False)
@@ -378,13 +363,11 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
     """The same picture under several models ({label: Caption}): for each model, the picture and its
     caption's attention map per word, the word under the panel (a long caption wraps onto more rows);
     hard attention's chosen cell is outlined in white."""
-    from .render import _draw_boxes, _label_below, centre_square, marked_cell, spotlight, upsample
+    from .render import draw_boxes, label_below, mark_cell, panel_square, pyplot, spotlight, upsample, word_marks
 
-    plt = _pyplot()
-    square = centre_square(example.photo)
-    original = square.size[0]
-    side = min(448, max(224, original))
-    square = square.resize((side, side))
+    plt = pyplot()
+    square, scale = panel_square(example.photo)
+    side = square.size[0]
     per_row = max(1, columns - 1)
     longest = max([len(c.words) for c in captions.values()] + [1])
     cols = 1 + min(per_row, longest)
@@ -397,23 +380,21 @@ def compare_figure(example: Example, captions: dict[str, Caption], grid_sizes: d
         top = sum(blocks[:m])
         grid = grid_sizes[label]
         maps = upsample(caption.alphas, grid, side)
-        marks = _marks(caption, grid)
+        marks = word_marks(caption, grid)
         hits = word_hits(example, caption, grid)
         first = axes[top, 0]
         first.imshow(square)
-        _label_below(first, localization_text(example, caption, grid, short=True), fontsize=8)
+        label_below(first, localization_text(example, caption, grid, short=True), fontsize=8)
         first.set_ylabel(label, fontsize=11, fontweight="bold")
         for i, word in enumerate(caption.words):
             ax = axes[top + i // per_row, 1 + i % per_row]
             ax.imshow(spotlight(square, maps[i]), extent=(0, side, side, 0))
             mark = {True: " \u2713", False: " \u2717", None: ""}[hits[i]]
-            _label_below(ax, word + mark, fontsize=9)
+            label_below(ax, word + mark, fontsize=9)
             if example.boxes:
-                _draw_boxes(ax, example.boxes, side / original)
+                draw_boxes(ax, example.boxes, scale)
             if marks is not None and marks[i] is not None:
-                r, c = marks[i]
-                cell = side / grid
-                ax.add_patch(marked_cell(c * cell, r * cell, cell))
+                mark_cell(ax, marks[i], grid, side)
     return _finish(fig, plt)
 
 
@@ -433,19 +414,17 @@ def compare_models(examples: list[Example], models: dict, beam_size: int = 3) ->
 
 def word_figure(example: Example, caption: Caption, index: int, grid_size: int):
     """One word large: the photo (boxes dashed) and the word's attention map, with its beta."""
-    from .render import _draw_boxes, centre_square, spotlight, upsample
+    from .render import draw_boxes, panel_square, pyplot, spotlight, upsample
 
-    plt = _pyplot()
-    square = centre_square(example.photo)
-    original = square.size[0]
-    side = min(448, max(224, original))
-    square = square.resize((side, side))
+    plt = pyplot()
+    square, scale = panel_square(example.photo)
+    side = square.size[0]
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.0, 3.8))
     for ax in (left, right):
         ax.axis("off")
         ax.imshow(square)
         if example.boxes:
-            _draw_boxes(ax, example.boxes, side / original)
+            draw_boxes(ax, example.boxes, scale)
     left.set_title(example.name, fontsize=10)
     if caption.words:
         index = max(0, min(index, len(caption.words) - 1))

@@ -1,6 +1,10 @@
 """Attention overlays: the photo, then one panel per generated word with that word's attention
 map smoothly upsampled over the photo (as in Xu et al. 2015, fig. 2-3). matplotlib is imported
-here only, so `import captioner` stays cheap."""
+here only, so `import captioner` stays cheap.
+
+The notebook's figures (`captioner.notebook`) are drawn with the same pieces: `pyplot`,
+`panel_square` (what the model saw, at panel size), `upsample`, `spotlight`, `word_marks` and
+`mark_cell` (hard attention's cells), `draw_boxes` and `label_below`."""
 
 from __future__ import annotations
 
@@ -53,6 +57,36 @@ def heat_alpha(heat: np.ndarray) -> np.ndarray:
     return 0.1 + 0.7 * heat
 
 
+def pyplot():
+    """matplotlib.pyplot, drawing headless (Agg) unless Jupyter's inline backend is in use: never a window."""
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")  # headless and outside Jupyter: never try to open a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def panel_square(photo, crop_box=None):
+    """(picture, scale): the region of `photo` the model saw (`crop_box`, see `attention_figure`;
+    default the centre square) resized to the side a panel shows (224 to 448 pixels), and the
+    factor from that region's pixels to the panel's (for boxes given in the region's pixels)."""
+    square = photo.crop(tuple(crop_box)) if crop_box is not None else centre_square(photo)
+    original = square.size[0]
+    side = min(448, max(224, original))
+    return square.resize((side, side)), side / original
+
+
+def word_marks(caption, grid_size: int):
+    """Hard attention: per word, the (row, col) grid cell its attention picked (local attention: the
+    window centre's), None for a word without one; None for a caption without locations (soft)."""
+    locations = getattr(caption, "locations", None)
+    if locations is None:
+        return None
+    return [divmod(int(cell), grid_size) if cell >= 0 else None for cell in locations.tolist()]
+
+
 def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns: int = 5, boxes=None,
                      marks=None, title: str | None = None, word_below: bool = False, labels=None,
                      shared_scale: bool = False, weighted_alpha: bool = False, crop_box=None,
@@ -73,16 +107,9 @@ def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns
     `style`: "colour" (a jet colour layer over the photo) or "spotlight" (the photo darkened away from the
     map's peak, outlined at half the peak: legible over objects of any colour).
     """
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    square = photo.crop(tuple(crop_box)) if crop_box is not None else centre_square(photo)
-    original = square.size[0]
-    side = min(448, max(224, original))
-    square = square.resize((side, side))
+    plt = pyplot()
+    square, scale = panel_square(photo, crop_box)
+    side = square.size[0]
     maps = upsample(alphas, grid_size, side, shared=shared_scale)
     panels = 1 + len(words)
     cols = min(columns, panels)
@@ -90,41 +117,50 @@ def attention_figure(photo, words, alphas: torch.Tensor, grid_size: int, columns
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    cropped = crop_box is not None and tuple(crop_box) != (0, 0, *photo.size)
-    if cropped:  # the whole photo, the model's input outlined
-        left, top, right, bottom = crop_box
-        axes.flat[0].imshow(photo)
-        axes.flat[0].add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                                             edgecolor="yellow", lw=1.5, linestyle="--",
-                                             path_effects=[_outline(3.0)]))
-        axes.flat[0].set_title(title or "photo (yellow: what\nthe model saw)", fontsize=9)
-    else:
-        axes.flat[0].imshow(square)
-        axes.flat[0].set_title(title or "input", fontsize=10)
+    _input_panel(axes.flat[0], photo, square, crop_box, title)
     for i, word in enumerate(words):
         ax = axes.flat[i + 1]
-        if style == "spotlight":
-            ax.imshow(spotlight(square, maps[i]), extent=(0, side, side, 0))
-            if maps[i].max() > 0.5:
-                ax.contour(maps[i], levels=[0.5], colors="white", linewidths=0.8, extent=(0, side, 0, side),
-                           origin="upper")
-        else:
-            ax.imshow(square)
-            ax.imshow(maps[i], cmap="jet", alpha=heat_alpha(maps[i]) if weighted_alpha else 0.5,
-                      extent=(0, side, side, 0), vmin=0, vmax=1)
+        _map_panel(ax, square, maps[i], style, weighted_alpha)
         label = labels[i] if labels is not None else word
         if word_below:
-            _label_below(ax, label, fontsize=11)
+            label_below(ax, label, fontsize=11)
         else:
             ax.set_title(label, fontsize=11)
         if boxes:
-            _draw_boxes(ax, boxes, side / original)
+            draw_boxes(ax, boxes, scale)
         if marks is not None and marks[i] is not None:
-            r, c = marks[i]
-            cell = side / grid_size
-            ax.add_patch(marked_cell(c * cell, r * cell, cell))
+            mark_cell(ax, marks[i], grid_size, side)
     fig.tight_layout()
     return fig
+
+
+def _input_panel(ax, photo, square, crop_box, title: str | None) -> None:
+    """The first panel: what the model saw; with a crop, the whole photo with that region outlined."""
+    import matplotlib.pyplot as plt
+
+    if crop_box is not None and tuple(crop_box) != (0, 0, *photo.size):
+        left, top, right, bottom = crop_box
+        ax.imshow(photo)
+        ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                   edgecolor="yellow", lw=1.5, linestyle="--", path_effects=[_outline(3.0)]))
+        ax.set_title(title or "photo (yellow: what\nthe model saw)", fontsize=9)
+    else:
+        ax.imshow(square)
+        ax.set_title(title or "input", fontsize=10)
+
+
+def _map_panel(ax, square, heat: np.ndarray, style: str, weighted_alpha: bool) -> None:
+    """One word's attention map `heat` (side, side) over `square`, in `style` (see `attention_figure`)."""
+    side = square.size[0]
+    if style == "spotlight":
+        ax.imshow(spotlight(square, heat), extent=(0, side, side, 0))
+        if heat.max() > 0.5:
+            ax.contour(heat, levels=[0.5], colors="white", linewidths=0.8, extent=(0, side, 0, side),
+                       origin="upper")
+    else:
+        ax.imshow(square)
+        ax.imshow(heat, cmap="jet", alpha=heat_alpha(heat) if weighted_alpha else 0.5,
+                  extent=(0, side, side, 0), vmin=0, vmax=1)
 
 
 def _outline(width: float):
@@ -141,7 +177,14 @@ def marked_cell(x: float, y: float, side: float):
     return plt.Rectangle((x, y), side, side, fill=False, edgecolor="white", lw=1.5, path_effects=[_outline(3.0)])
 
 
-def _label_below(ax, text, fontsize=10):
+def mark_cell(ax, cell: tuple[int, int], grid_size: int, side: float) -> None:
+    """Outline grid cell (row, col) of a `grid_size` grid on a panel `side` pixels wide."""
+    row, col = cell
+    size = side / grid_size
+    ax.add_patch(marked_cell(col * size, row * size, size))
+
+
+def label_below(ax, text, fontsize=10):
     """`text` under the panel, as an x label (so tight_layout makes room for it) on a frameless panel."""
     ax.axis("on")
     ax.set_xticks([])
@@ -151,7 +194,8 @@ def _label_below(ax, text, fontsize=10):
     ax.set_xlabel(text, fontsize=fontsize, labelpad=3)
 
 
-def _draw_boxes(ax, boxes, scale):
+def draw_boxes(ax, boxes, scale):
+    """Dashed white (x0, y0, x1, y1) boxes (inclusive pixel bounds), scaled by `scale` to the panel."""
     import matplotlib.pyplot as plt
 
     for x0, y0, x1, y1 in boxes:
@@ -171,10 +215,7 @@ def render_attention(photo, caption, grid_size: int, path, columns: int = 5, box
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    # Hard attention: mark the location each word attended (local: the window centre's cell).
-    locations = getattr(caption, "locations", None)
-    marks = None if locations is None else [divmod(int(cell), grid_size) if cell >= 0 else None
-                                            for cell in locations.tolist()]
+    marks = word_marks(caption, grid_size)  # hard attention: the location each word attended
     fig = attention_figure(photo, caption.words, caption.alphas, grid_size, columns, boxes=boxes, marks=marks,
                            crop_box=crop_box)
     width, height = fig.get_size_inches()

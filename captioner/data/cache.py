@@ -174,37 +174,76 @@ def _build(model, images, folder: Path, key: dict, fp: str, *, device, batch_siz
     encoder, filled from the same pass (`build_layers`)."""
     from torch.utils.data import DataLoader
 
-    from ..images import normalize
     from . import ImagesOnly, collate_images
 
-    n, grid = len(images), model.config.grid_size
+    n = len(images)
     targets = [(model.config.encoder_layer, folder, key, fp)] + list(also)
-    layers = [t[0] for t in targets]
-    shapes, row_bytes = [], []
-    for _layer, folder_, key_, fp_ in targets:
-        shape = (n, grid * grid, key_["encoder_dim"])
-        shapes.append(shape)
-        row_bytes.append(shape[1] * shape[2] * 2)
-        if dist.is_main:
-            folder_.mkdir(parents=True, exist_ok=True)
-            with open(folder_ / DATA_FILE, "wb") as f:
-                f.truncate(n * row_bytes[-1])  # sparse until written
-            _write_index(folder_, {"format": FORMAT, "version": VERSION, "fingerprint": fp_, "key": key_,
-                                   "shape": list(shape), "dtype": "float16", "complete": False})
+    shapes = [(n, model.config.grid_size ** 2, t[2]["encoder_dim"]) for t in targets]   # each (N, L, D)
+    if dist.is_main:
+        for target, shape in zip(targets, shapes):
+            _start_cache(target, shape)
     dist.barrier()
     all_batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     mine = all_batches[dist.rank::dist.world_size]
     loader = DataLoader(ImagesOnly(images), batch_sampler=mine, num_workers=num_workers,
                         collate_fn=collate_images, pin_memory=torch.device(device).type == "cuda",
                         generator=torch.Generator())  # never draw from the global RNG (exact resume)
-    bar = None
-    if progress and dist.is_main:
-        from tqdm import tqdm
+    bar = _progress_bar(n, key) if progress and dist.is_main else None
 
-        bar = tqdm(total=n, desc=f"caching features ({key.get('dataset')} {key.get('split', '')})".replace(" )", ")"),
-                   unit="img", dynamic_ncols=True)
+    def advance(rows: int) -> None:  # rank 0's share stands for every rank's: they encode as many batches
+        if bar is not None:
+            bar.update(rows * dist.world_size)
+
     start = time.time()
+    try:
+        _write_rows(model, loader, targets, shapes, device, bool(also), advance)
+    finally:
+        if bar is not None:
+            bar.close()
+    dist.barrier()
+    if dist.is_main:
+        for (_layer, folder_, key_, fp_), shape in zip(targets, shapes):
+            _write_index(folder_, {"format": FORMAT, "version": VERSION, "fingerprint": fp_, "key": key_,
+                                   "shape": list(shape), "dtype": "float16", "complete": True,
+                                   "build_seconds": round(time.time() - start, 1)})
+            log(f"cached features of {n} images in {folder_} ({n * _row_bytes(shape) / 2**30:.2f} GiB, "
+                f"{time.time() - start:.0f} s)")
+    dist.barrier()
+
+
+def _progress_bar(n: int, key: dict):
+    """The bar over the `n` images of the cache `key` names."""
+    from tqdm import tqdm
+
+    return tqdm(total=n, desc=f"caching features ({key.get('dataset')} {key.get('split', '')})".replace(" )", ")"),
+                unit="img", dynamic_ncols=True)
+
+
+def _row_bytes(shape: tuple) -> int:
+    """Bytes of one image's float16 annotations in a cache of `shape` (N, L, D)."""
+    return shape[1] * shape[2] * 2
+
+
+def _start_cache(target: tuple, shape: tuple) -> None:
+    """A cache's data file at its full size (sparse until written) and its index, marked incomplete."""
+    _layer, folder, key, fp = target
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / DATA_FILE, "wb") as f:
+        f.truncate(shape[0] * _row_bytes(shape))
+    _write_index(folder, {"format": FORMAT, "version": VERSION, "fingerprint": fp, "key": key,
+                          "shape": list(shape), "dtype": "float16", "complete": False})
+
+
+def _write_rows(model, loader, targets: list, shapes: list, device, several: bool,
+                advance: Callable[[int], None]) -> None:
+    """Encode the loader's batches (pixels, indices of consecutive images) and write each image's
+    annotations into its row of every target's data file (`shapes`: theirs, (N, L, D); `several`:
+    the targets are several layers of one encoder). The encoder is in eval mode meanwhile;
+    `advance(images)` is called after each batch."""
+    from ..images import normalize
+
     encoder = model.encoder
+    layers = [t[0] for t in targets]
     was_training = encoder.training
     encoder.eval()
     fds = [os.open(t[1] / DATA_FILE, os.O_WRONLY) for t in targets]
@@ -212,29 +251,18 @@ def _build(model, images, folder: Path, key: dict, fp: str, *, device, batch_siz
         with torch.inference_mode():
             for pixels, index in loader:
                 x = normalize(pixels.to(device, non_blocking=True), model.preprocessing)
-                outs = encoder.annotations_at(x, layers) if also else [encoder(x)]          # each (B, L, D)
-                for fd, out, rb in zip(fds, outs, row_bytes):
+                outs = encoder.annotations_at(x, layers) if several else [encoder(x)]          # each (B, L, D)
+                for fd, out, shape in zip(fds, outs, shapes):
                     out = out.float().clamp_(-FLOAT16_MAX, FLOAT16_MAX).to(torch.float16).cpu().numpy()
-                    _pwrite_all(fd, np.ascontiguousarray(out).data.cast("B"), index[0] * rb)  # consecutive rows
-                if bar is not None:
-                    bar.update(len(index) * dist.world_size)
+                    _pwrite_all(fd, np.ascontiguousarray(out).data.cast("B"),
+                                index[0] * _row_bytes(shape))  # the batch's images are consecutive rows
+                advance(len(index))
         for fd in fds:
             os.fsync(fd)
     finally:
         for fd in fds:
             os.close(fd)
         encoder.train(was_training)
-        if bar is not None:
-            bar.close()
-    dist.barrier()
-    if dist.is_main:
-        for (_layer, folder_, key_, fp_), shape, rb in zip(targets, shapes, row_bytes):
-            _write_index(folder_, {"format": FORMAT, "version": VERSION, "fingerprint": fp_, "key": key_,
-                                   "shape": list(shape), "dtype": "float16", "complete": True,
-                                   "build_seconds": round(time.time() - start, 1)})
-            log(f"cached features of {n} images in {folder_} ({n * rb / 2**30:.2f} GiB, "
-                f"{time.time() - start:.0f} s)")
-    dist.barrier()
 
 
 def _location(model, images, cache_dir, split: str, config=None) -> tuple[Path, dict, str]:
