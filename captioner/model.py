@@ -1,4 +1,4 @@
-"""The captioner: VGG encoder + attention LSTM decoder behind one small surface.
+"""The captioner: an image encoder (VGG or EfficientNet-Lite) and the attention LSTM decoder behind one small surface.
 
 Dimensions:
     B  batch    3, H, W  image    L  annotation vectors    D  encoder_dim

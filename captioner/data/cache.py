@@ -278,7 +278,7 @@ def build_layers(model, images, cache_dir, split: str, layers, *, device="cpu", 
                  num_workers: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> list[Path]:
     """Caches of several EfficientNet-Lite `layers` (see ModelConfig.encoder_layer) from one pass of
     the encoder, each exactly where `open_or_build` looks for that layer's: for comparing layers
-    (bench/encoder_layers.py) at the cost of one. Returns the folders, in the order of `layers`."""
+    (bench/quality/encoder_layers.py) at the cost of one. Returns the folders, in the order of `layers`."""
     from ..config import lite_encoder_dim, replace
 
     configs = [replace(model.config, encoder_layer=layer, encoder_dim=lite_encoder_dim(model.config.encoder, layer))
