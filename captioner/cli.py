@@ -376,13 +376,12 @@ def _caption(args) -> int:
     if not math.isfinite(args.length_penalty):
         return fail(f"--length-penalty must be a finite number, got {args.length_penalty}")
     if args.attention is not None:
-        folder = Path(args.attention)
-        if folder.exists() and not folder.is_dir():
-            return fail(f"{args.attention}: --attention needs a folder, and this is a file")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            return fail(f"{args.attention}: cannot create the --attention folder ({e.strerror or e})")
+        from .atomic import make_folder
+
+        problem = make_folder(args.attention, f"{args.attention}: --attention needs a folder, and this is a file",
+                              f"{args.attention}: cannot create the --attention folder")
+        if problem:
+            return fail(problem)
     import torch
 
     from .checkpoint import CheckpointError, load_captioner
