@@ -4,7 +4,8 @@ Every file the package writes for later use (checkpoints, a run's config.json an
 the feature cache's index) goes through `write_atomic`: the data goes to a temporary file in the
 same folder (`.<name>.<random>.tmp`), is flushed and fsynced, then renamed over the final name, and
 the folder is fsynced so the rename itself survives a power cut. `remove_temporaries` deletes what
-a kill -9 between the two left behind.
+a kill -9 between the two left behind. `make_folder` creates the folder a command writes into, or
+says in one line why it cannot.
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ def remove_temporaries(folder) -> None:
             tmp.unlink()
         except OSError:
             pass
+
+
+def make_folder(path, not_a_folder: str, cannot_create: str) -> str | None:
+    """Create folder `path` and its parents; None when it is there, else the caller's line for why not:
+    `not_a_folder` when a file has its name, `cannot_create` with the system's reason in brackets."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return not_a_folder
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"{cannot_create} ({e.strerror or e})"
+    return None
 
 
 def _umask() -> int:

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from .atomic import make_folder
 from .config import (
     ATTENTIONS,
     DATASET_MODEL_DEFAULTS,
@@ -24,7 +25,7 @@ from .config import (
     TrainConfig,
     train_config_for,
 )
-from .messages import fail, make_folder
+from .messages import fail
 from .runtime import pick_device
 
 TRAIN_HELP = {
@@ -408,8 +409,8 @@ def _check_caption_flags(args) -> str | None:
     if not math.isfinite(args.length_penalty):
         return f"--length-penalty must be a finite number, got {args.length_penalty}"
     if args.attention is not None:
-        return make_folder(args.attention, "--attention needs a folder, and this is a file",
-                           "cannot create the --attention folder")
+        return make_folder(args.attention, f"{args.attention}: --attention needs a folder, and this is a file",
+                           f"{args.attention}: cannot create the --attention folder")
     return None
 
 

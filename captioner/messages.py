@@ -23,19 +23,3 @@ def fail(message: str) -> int:
     """Print `error: message` on stderr; return exit status 2 (bad input), for `return fail(...)`."""
     print(f"error: {message}", file=sys.stderr)
     return 2
-
-
-def make_folder(path, is_a_file: str, cannot_create: str) -> str | None:
-    """Create the folder `path` (and its parents) unless it is there; None when it is, else the
-    problem as one line: `<path>: <is_a_file>` when a file holds the name, `<path>: <cannot_create>
-    (<reason>)` when it cannot be made. The caller words both for its flag and reports the line."""
-    from pathlib import Path
-
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        return f"{path}: {is_a_file}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return f"{path}: {cannot_create} ({e.strerror or e})"
-    return None

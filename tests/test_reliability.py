@@ -245,6 +245,44 @@ def test_resumed_run_has_the_losses_and_parameters_of_an_uninterrupted_one(tmp_p
     assert_same_run(reference_in_process, out)
 
 
+def test_train_state_round_trips_through_last_pt_and_the_run_goes_on_from_it(tmp_path, monkeypatch,
+                                                                            reference_in_process):
+    add_losses = training.TrainState.add_losses
+
+    def add_then_ctrl_c(state, losses):  # Ctrl-C after step 5: between evaluations, with losses summed
+        add_losses(state, losses)
+        if state.step == 5:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(training.TrainState, "add_losses", add_then_ctrl_c)
+    out = tmp_path / "run"
+    assert train(tiny_run(out), MODEL, log=lambda m: None)["stop"] == "interrupted"
+    monkeypatch.undo()
+    data = read_checkpoint(out / "last.pt")
+    saved = data["train_state"]
+    assert set(saved) == {"step", "best_bleu4", "stale", "lr_scale", "optimizer", "rng", "train_config", "objective",
+                          "running", "elapsed_s"}  # the format older files have, and newer code reads
+    state = training.TrainState.from_dict(saved)
+    assert (state.step, state.best_bleu4, state.stale, state.lr_scale) == (5, saved["best_bleu4"], saved["stale"],
+                                                                       saved["lr_scale"])
+    assert state.running == saved["running"] and state.running["n"] == 1 and state.elapsed_s == saved["elapsed_s"] > 0
+    state.restore_rng()  # to_dict reads the generators as they stand: these are the file's once put back
+    again = state.to_dict()
+    assert same(again, {k: saved[k] for k in again})
+    # Written back beside the optimizer's state and the settings, it resumes as the uninterrupted run.
+    train_state = {**again, "optimizer": saved["optimizer"], "train_config": saved["train_config"]}
+    atomic_save({**data, "train_state": train_state}, out / "last.pt")
+    train(tiny_run(out, resume=True), MODEL, log=lambda m: None)
+    assert_same_run(reference_in_process, out)
+
+
+def test_train_state_of_older_checkpoints_reads_missing_fields_as_zero():
+    state = training.TrainState.from_dict({"step": 4, "best_bleu4": 0.25, "stale": 1, "lr_scale": 0.5, "rng": {},
+                                           "optimizer": {}, "train_config": {}})
+    assert (state.step, state.best_bleu4, state.stale, state.lr_scale) == (4, 0.25, 1, 0.5)
+    assert state.objective == {} and state.running == {} and state.elapsed_s == 0.0
+
+
 def test_metrics_log_holds_each_step_once_after_a_kill_between_its_two_writes(tmp_path, reference_in_process):
     out = tmp_path / "run"
     with pytest.raises(Crash):
