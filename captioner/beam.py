@@ -5,8 +5,10 @@ Dimensions:
     L  annotation vectors      S  decoding steps so far
 
 All images advance together as (B, K) tensors; there is no Python loop over images or beams.
-Greedy decoding is beam size 1. A hypothesis stops at <end> or after `max_len` steps (the
-<end> token counts as a step). As in the authors' code (arctic-captions, capgen.py gen_sample), a
+Greedy decoding is beam size 1. No caption contains <unk> (a word the vocabulary lacks is not a
+sentence a user can read): its log-probability is set to -inf after the softmax, as <pad>'s and
+<start>'s, so other words keep their probabilities. A hypothesis stops at <end> or after `max_len`
+steps (the <end> token counts as a step). As in the authors' code (arctic-captions, capgen.py gen_sample), a
 hypothesis that emits <end> leaves the beam for a pool of finished ones and the image's beam
 narrows to K - (number finished): a finished caption can never be pushed out by extensions of
 better live beams, which would let the search return an unfinished caption worse than one it had
@@ -136,7 +138,7 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     image_offset = (torch.arange(B, device=device) * K).unsqueeze(1)              # (B, 1)
     for step in range(max_len):
         log_probs = torch.log_softmax(out.logits.float(), dim=-1)                 # (N, V)
-        log_probs[:, [vocab.pad, vocab.start]] = inf                              # never generated
+        log_probs[:, [vocab.pad, vocab.start, vocab.unk]] = inf                   # never written (see above)
         candidates = (scores.unsqueeze(-1) + log_probs.view(B, K, V)).view(B, K * V)  # (B, K, V) -> (B, K*V)
         scores, flat = candidates.topk(K, dim=1)                                  # (B, K), best first
         scores = scores.masked_fill(rank >= (K - done).unsqueeze(1), inf)         # keep the K - dead_k best

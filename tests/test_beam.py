@@ -22,7 +22,7 @@ def reference_greedy(model, annotations, vocab, max_len):
         for _ in range(max_len):
             out, state = model.step(token, state)
             log_probs = torch.log_softmax(out.logits.float(), -1)[0]
-            log_probs[vocab.pad] = log_probs[vocab.start] = float("-inf")
+            log_probs[[vocab.pad, vocab.start, vocab.unk]] = float("-inf")
             best = int(log_probs.argmax())
             total += float(log_probs[best])
             if best == vocab.end:
@@ -40,14 +40,14 @@ def sequence_log_prob(model, annotation, vocab, tokens):
     for tok in tokens:
         out, state = model.step(prev, state)
         log_probs = torch.log_softmax(out.logits.float(), -1)[0]
-        log_probs[vocab.pad] = log_probs[vocab.start] = float("-inf")
+        log_probs[[vocab.pad, vocab.start, vocab.unk]] = float("-inf")
         total += float(log_probs[tok])
         prev = torch.tensor([tok])
     return total
 
 def exhaustive_best(model, annotation, vocab, max_len):
     """Every caption of at most max_len steps: w1..wk <end> (k < max_len) or max_len words unfinished."""
-    emit = [i for i in range(len(vocab)) if i not in (vocab.pad, vocab.start)]
+    emit = [i for i in range(len(vocab)) if i not in (vocab.pad, vocab.start, vocab.unk)]
     words = [i for i in emit if i != vocab.end]
     candidates = []
     for k in range(max_len):
@@ -264,3 +264,15 @@ def test_candidates_hold_every_finished_caption_found_and_the_live_beams_at_max_
         for words, _ in c.candidates:
             kinds.add(len(words) == 6)
     assert kinds == {True, False}
+
+
+@torch.no_grad()
+def test_beam_never_writes_unk_even_where_it_is_the_likeliest_word():
+    vocab = scripted_vocab()
+    # <unk> holds 0.7 of every step's mass; "a" then "<end>" is the best caption without it.
+    model = ScriptedModel(vocab, {(): {"a": 0.2, "b": 0.1}, ("a",): {"<end>": 0.3}}, {"<end>": 0.3}, max_len=4)
+    for k in (1, 3):
+        caption = beam_search(model, torch.zeros(1, 4, 1), vocab, beam_size=k)[0]
+        assert "<unk>" not in caption.words
+        assert all("<unk>" not in words for words, _ in caption.candidates)
+        assert caption.words == ["a"]

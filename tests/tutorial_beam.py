@@ -40,6 +40,7 @@ def tutorial_beam_search(model, annotations: torch.Tensor, vocab, beam_size: int
             log_probs = torch.log_softmax(out.logits.float(), dim=-1)
             log_probs[:, vocab.pad] = float("-inf")
             log_probs[:, vocab.start] = float("-inf")
+            log_probs[:, vocab.unk] = float("-inf")                # as ours: <unk> is never written
             rows = torch.cat([h.score + log_probs[h.row] for h in hyps])   # the candidates of every live one
             top, flat = rows.topk(min(K - len(done), len(rows)))          # the beam narrows as ones finish
             new_hyps, keep = [], []
