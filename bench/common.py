@@ -3,6 +3,7 @@ lines every script prints (its command, the machine, the load)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -40,6 +41,21 @@ def environment(runtime: dict | None = None) -> str:
             f"threads, python {platform.python_version()}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
             f"at {time.strftime('%Y-%m-%d %H:%M')}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
             f"freed memory kept for reuse: {'yes' if (runtime or {}).get('malloc_reuse') else 'no'}")
+
+
+def decoder_bench_parser(description: str, repeats: int) -> argparse.ArgumentParser:
+    """The flags of the decoder benchmarks (bench.speed.caption_speed, bench.speed.tutorial_reference):
+    the batch, the beam, the repeats, the benchmark model's sizes (`bench_model`), the runtime, threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--images", type=int, default=32, help="batch size (images captioned together)")
+    parser.add_argument("--beam-size", type=int, default=3, help="beam size")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats (the median is reported)")
+    parser.add_argument("--vocab", type=int, default=10000, help="vocabulary size (COCO, min count 5: ~10,000)")
+    parser.add_argument("--hidden", type=int, default=1024, help="LSTM state size (paper: 1800 for COCO)")
+    parser.add_argument("--default-runtime", action="store_true",
+                        help="leave OpenMP's waiting and glibc's allocator as they are (caption.py changes them)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    return parser
 
 
 def threads_from_args(threads: int | None) -> None:

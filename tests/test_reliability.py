@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from state_equality import same
 
 from captioner import training
 from captioner.checkpoint import CheckpointError, atomic_save, load_captioner, read_checkpoint, save_checkpoint
@@ -52,15 +53,6 @@ def records(out) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
 
 
-def same(a, b) -> bool:
-    """Equal plain data, tensors compared bit for bit (torch.equal)."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def assert_same_run(a, b) -> None:

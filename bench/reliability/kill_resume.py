@@ -51,20 +51,11 @@ def saving(out: Path) -> bool:
     return any(out.glob(".*.pt.*.tmp"))
 
 
-def same(a, b) -> bool:
-    import torch
-
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def compare(a: Path, b: Path) -> dict:
     from captioner.checkpoint import read_checkpoint
+    from tests.state_equality import same
 
     def records(out):
         return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from bench.common import (  # noqa: E402
     bench_model,
+    decoder_bench_parser,
     environment,
     load_jpegs,
     peak_rss_mib,
@@ -62,15 +63,7 @@ def rss_child(images: int, beam_size: int, vocab_size: int, hidden: int) -> None
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=32, help="batch size (images captioned together)")
-    parser.add_argument("--beam-size", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--vocab", type=int, default=10000, help="vocabulary size (COCO, min count 5: ~10,000)")
-    parser.add_argument("--hidden", type=int, default=1024, help="LSTM state size (paper: 1800 for COCO)")
-    parser.add_argument("--default-runtime", action="store_true",
-                        help="leave OpenMP's waiting and glibc's allocator as they are (caption.py changes them)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    parser = decoder_bench_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--int8", action="store_true",
                         help="also time the beam search with the int8 decoder (captioner.inference.quantize_decoder)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS of captioning, in a subprocess")

@@ -22,7 +22,6 @@ captions, the tutorial encoding one image at a time (NCHW, torch's default), our
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch  # noqa: E402
 def main(argv=None) -> int:
     from bench.common import (
         bench_model,
+        decoder_bench_parser,
         environment,
         load_jpegs,
         print_command,
@@ -52,15 +52,7 @@ def main(argv=None) -> int:
     from captioner.inference import caption_batch
     from tests.tutorial_beam import tutorial_beam_search
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--beam-size", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--vocab", type=int, default=10000, help="vocabulary size (COCO, min count 5: ~10,000)")
-    parser.add_argument("--hidden", type=int, default=1024, help="LSTM state size")
-    parser.add_argument("--default-runtime", action="store_true",
-                        help="leave OpenMP's waiting and glibc's allocator as they are (caption.py changes them)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser = decoder_bench_parser(__doc__.splitlines()[0], repeats=3)
     parser.add_argument("--end-to-end", action="store_true",
                         help="also time JPEG files -> captions: the tutorial encodes one image at a time")
     args = parser.parse_args(argv)
