@@ -133,7 +133,7 @@ NONE_TEXT = {"train_images": "all", "val_images": "all"}
 
 
 # What a default of "" means, per flag: the encoder family decides (config.ModelConfig.__post_init__).
-EMPTY_TEXT = {"encoder_layer": "conv5 for VGG, stage5 for EfficientNet-Lite",
+EMPTY_TEXT = {"encoder_layer": "conv5 for VGG, head for EfficientNet-Lite",
               "resize": "crop for VGG, squash for EfficientNet-Lite"}
 
 

@@ -22,7 +22,7 @@ ATTENTIONS = ("soft", "hard", "local")
 SCORES = ("additive", "dot", "general", "scaled-dot", "multihead")
 POSITIONAL = ("none", "sine")
 REFERENCE_LOSSES = ("each", "any")
-LITE_DEFAULT_LAYER = "stage5"  # the layer with the best dev captions at equal budget (BENCHMARKS.md, "Which layer")
+LITE_DEFAULT_LAYER = "head"  # the layer with the best dev captions (BENCHMARKS.md, "Which layer")
 
 
 @dataclass(frozen=True)

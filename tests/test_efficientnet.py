@@ -77,8 +77,8 @@ def test_network_gives_the_logits_of_timm_and_of_the_companion_package(lite0):
 
 
 def test_lite_configuration_records_its_preprocessing_and_layer():
-    config = ModelConfig(vocab_size=10, encoder="efficientnet_lite0", encoder_dim=112)
-    assert (config.encoder_layer, config.resize, config.grid_size) == ("stage5", "squash", 14)
+    config = ModelConfig(vocab_size=10, encoder="efficientnet_lite0", encoder_dim=1280)
+    assert (config.encoder_layer, config.resize, config.grid_size) == ("head", "squash", 14)
     prep = preprocessing_for(config)
     assert prep == Preprocessing(224, "squash", (127 / 255,) * 3, (128 / 255,) * 3)
     # (x - 127) / 128 for x in [0, 255], as the TensorFlow Lite models were trained
