@@ -69,19 +69,19 @@ def caption_set(model, images, vocab, beam_size: int = 3, batch_size: int = 64, 
                                               collate_fn=collate_images,
                                               generator=torch.Generator())  # leave the global RNG alone
 
-        def stack(batch):  # the loader's batches are (pixels (B, ...), indices), already stacked
+        def inputs_of(batch):  # the loader's batches are (pixels (B, ...), indices), already stacked
             return batch[0]
     else:
         batches = batched(range(len(images)), batch_size)
 
-        def stack(batch):  # indices -> the images (B, 3, S, S) or cached annotations (B, L, D)
+        def inputs_of(batch):  # indices -> the images (B, 3, S, S) or cached annotations (B, L, D)
             return torch.stack([images.image(i) for i in batch])
     if progress:
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="decoding", unit="batch", leave=False,
                        total=(len(images) + batch_size - 1) // batch_size)
-    return [caption for _, captions in caption_batches(model, batches, vocab, stack, beam_size, length_penalty,
+    return [caption for _, captions in caption_batches(model, batches, vocab, inputs_of, beam_size, length_penalty,
                                                         max_len) for caption in captions]
 
 

@@ -170,18 +170,15 @@ def _outline(width: float):
     return patheffects.withStroke(linewidth=width, foreground="black")
 
 
-def marked_cell(x: float, y: float, side: float):
-    """The outlined grid cell of hard attention (one patch: white on a black stroke)."""
+def mark_cell(ax, cell: tuple[int, int], grid_size: int, side: float) -> None:
+    """Outline grid cell (row, col) of a `grid_size` grid on a panel `side` pixels wide: hard
+    attention's chosen cell, white on a black stroke."""
     import matplotlib.pyplot as plt
 
-    return plt.Rectangle((x, y), side, side, fill=False, edgecolor="white", lw=1.5, path_effects=[_outline(3.0)])
-
-
-def mark_cell(ax, cell: tuple[int, int], grid_size: int, side: float) -> None:
-    """Outline grid cell (row, col) of a `grid_size` grid on a panel `side` pixels wide."""
     row, col = cell
     size = side / grid_size
-    ax.add_patch(marked_cell(col * size, row * size, size))
+    ax.add_patch(plt.Rectangle((col * size, row * size), size, size, fill=False, edgecolor="white", lw=1.5,
+                               path_effects=[_outline(3.0)]))
 
 
 def label_below(ax, text, fontsize=10):
