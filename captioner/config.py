@@ -222,7 +222,12 @@ DATASET_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "shapes": dict(encoder="vgg_tiny_bn", image_size=64, encoder_dim=64, embed_dim=64, hidden_dim=256,
                    attention_dim=64, positional="sine", dropout=0.5, max_len=20, deep_output="linear",
                    init="pytorch"),
+    # Real photos: the shipped model's offline recipe, EfficientNet-Lite0 read at its head (LITE_DEFAULT_LAYER),
+    # whose ImageNet weights install with pip; the paper's VGG-19 is one flag away (`encoder_defaults`).
+    **{name: dict(encoder="efficientnet_lite0") for name in ("coco", "flickr8k", "flickr30k")},
 }
+# TrainConfig fields that only a VGG encoder takes: given without --encoder, they pick the paper's VGG-19.
+VGG_WEIGHT_FIELDS = ("pretrained", "encoder_weights", "finetune_encoder", "from_scratch")
 _REAL_DATA_TRAINING: dict[str, Any] = dict(
     steps=100_000, lr=4e-4, doubly_stochastic=1.0, eval_every=2000, eval_images=5000, eval_beam_size=3,
     patience=5, train_images=None, val_images=None, out_dir=None)
@@ -262,6 +267,17 @@ def lite_encoder_dim(encoder: str, layer: str) -> int:
     return {"stage5": stage5, "expand": 6 * stage5, "head": 1280}[layer or LITE_DEFAULT_LAYER]
 
 
+def encoder_defaults(tc: TrainConfig, overrides: dict | None) -> dict:
+    """The model overrides of a run, with the encoder made explicit where the run's flags choose it: a real
+    data set's default is EfficientNet-Lite0 (DATASET_MODEL_DEFAULTS), but --pretrained, --encoder-weights,
+    --finetune-encoder or --from-scratch without --encoder mean the paper's VGG-19 (ModelConfig's default)."""
+    overrides = dict(overrides or {})
+    if overrides.get("encoder") is None and tc.dataset != "shapes" and any(
+            getattr(tc, name) for name in VGG_WEIGHT_FIELDS):
+        overrides["encoder"] = ModelConfig.encoder
+    return overrides
+
+
 def model_config_for(dataset: str, vocab_size: int, **overrides) -> ModelConfig:
     """The ModelConfig for `dataset`: its defaults, then the user's overrides (None = keep).
     An EfficientNet-Lite encoder fixes encoder_dim unless it was given."""
@@ -280,5 +296,6 @@ def replace(config, **changes):
     return dataclasses.replace(config, **changes)
 
 
-__all__ = ["ModelConfig", "TrainConfig", "replace", "train_config_for", "model_config_for", "DATASET_MODEL_DEFAULTS",
+__all__ = ["ModelConfig", "TrainConfig", "replace", "train_config_for", "model_config_for", "encoder_defaults",
+           "DATASET_MODEL_DEFAULTS",
            "DATASET_TRAIN_DEFAULTS", "ENCODERS", "ATTENTIONS", "SCORES", "POSITIONAL"]

