@@ -203,32 +203,64 @@ def draw_boxes(ax, boxes, scale):
 MARK_LEGEND = "outlined square: the grid cell the word's attention picked"
 
 
-def render_attention(photo, caption, grid_size: int, path, columns: int = 5, boxes=None, crop_box=None) -> Path:
-    """Write the overlay PNG for one decoded `Caption` to `path`; returns the path. On top: the whole
-    caption (wrapped) and its log-probability; a legend when cells are marked (hard attention).
-    `crop_box`: the region of `photo` the model saw (see `attention_figure`)."""
+def overlay_figure(photo, caption, grid_size: int, columns: int = 5, boxes=None, crop_box=None):
+    """The overlay of one decoded `Caption` as a matplotlib figure (see `render_attention`), laid out
+    by `_overlay_layout`."""
     import textwrap
 
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     marks = word_marks(caption, grid_size)  # hard attention: the location each word attended
     fig = attention_figure(photo, caption.words, caption.alphas, grid_size, columns, boxes=boxes, marks=marks,
                            crop_box=crop_box)
-    width, height = fig.get_size_inches()
+    cols = fig.axes[0].get_subplotspec().get_gridspec().ncols
     header = textwrap.fill(f"\u201c{caption.text}\u201d   log p = {log_prob_text(caption.log_prob)}",
-                           width=max(30, int(width * 9)))  # about 9 characters per inch at 12 points
-    lines = header.count("\n") + 1
-    top = 0.25 * lines + 0.15
+                           width=max(30, int(cols * OVERLAY_PANEL * 9)))  # about 9 characters per inch at 12 points
+    top = 0.25 * (header.count("\n") + 1) + 0.15
     bottom = 0.0
     if marks is not None and any(m is not None for m in marks):
         bottom = 0.35
         fig.legend(handles=[Patch(facecolor="none", edgecolor="white", lw=1.5, path_effects=[_outline(3.0)])],
                    labels=[MARK_LEGEND],
                    loc="lower center", fontsize=9, frameon=False)
-    fig.set_size_inches(width, height + top + bottom)
-    fig.suptitle(header, fontsize=12, y=1 - 0.08 / (height + top + bottom), va="top")
-    fig.tight_layout(rect=(0, bottom / (height + top + bottom), 1, 1 - top / (height + top + bottom)))
+    height = _overlay_layout(fig, top, bottom)
+    fig.suptitle(header, fontsize=12, y=1 - 0.08 / height, va="top")
+    return fig
+
+
+OVERLAY_PANEL = 2.2   # inches: the side of every square panel of an overlay
+OVERLAY_GAP = 0.12    # inches between panels, beside and below them
+
+
+def _overlay_layout(fig, top: float, bottom: float) -> float:
+    """Place the panels of `fig` (a rows x cols grid) as squares of OVERLAY_PANEL inches, each row with a
+    band above it as tall as the tallest title, `top` inches on top of all (the header) and `bottom` under
+    them (a legend); returns the figure's new height in inches. Computed, not left to tight_layout: with
+    fixed-aspect panels it settles on rows whose titles reach into the panels above (issue 26)."""
+    grid = fig.axes[0].get_subplotspec().get_gridspec()
+    rows, cols = grid.nrows, grid.ncols
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    # How far a title reaches above its panel (its pad and text), the same wherever the panel is.
+    band = max((ax.title.get_window_extent(renderer).y1 - ax.get_window_extent(renderer).y1) / fig.dpi
+               for ax in fig.axes if ax.get_title())
+    band = max(band, 0.0) + OVERLAY_GAP
+    width = cols * OVERLAY_PANEL + (cols + 1) * OVERLAY_GAP
+    height = top + rows * (band + OVERLAY_PANEL) + bottom + OVERLAY_GAP
+    fig.set_size_inches(width, height)
+    fig.subplots_adjust(left=OVERLAY_GAP / width, right=1 - OVERLAY_GAP / width, top=1 - (top + band) / height,
+                        bottom=(bottom + OVERLAY_GAP) / height, wspace=OVERLAY_GAP / OVERLAY_PANEL,
+                        hspace=band / OVERLAY_PANEL)
+    return height
+
+
+def render_attention(photo, caption, grid_size: int, path, columns: int = 5, boxes=None, crop_box=None) -> Path:
+    """Write the overlay PNG for one decoded `Caption` to `path`; returns the path. On top: the whole
+    caption (wrapped) and its log-probability; a legend when cells are marked (hard attention).
+    `crop_box`: the region of `photo` the model saw (see `attention_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = overlay_figure(photo, caption, grid_size, columns, boxes=boxes, crop_box=crop_box)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
