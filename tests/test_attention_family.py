@@ -181,7 +181,7 @@ def test_checkpoints_of_every_mechanism_round_trip_through_caption_py(tmp_path, 
     model = make_model(seed=3, **fields)
     weights = tmp_path / "model.pt"
     save_checkpoint(weights, model, words_vocab)
-    image = ROOT / "examples" / "shapes_2obj.png"
+    image = ROOT / "examples" / "shapes" / "shapes_2obj.png"
     expected = caption_batch(model, preprocess(load_image(image), 32).unsqueeze(0), words_vocab, beam_size=3)[0]
     overlays = tmp_path / "overlays"
     render = ["--attention", str(overlays)] if fields["attention"] == "hard" else []

@@ -12,7 +12,7 @@ import pytest
 from captioner.checkpoint import DEFAULT_WEIGHTS
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("shapes_*.png"))
+EXAMPLES = sorted((ROOT / "examples" / "shapes").glob("shapes_*.png"))
 
 
 def run(*args, cwd=ROOT, timeout=300):

@@ -22,7 +22,7 @@ from captioner.cli import caption_main, caption_parser, train_main, train_parser
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "weights" / "shapes_soft.pt"
 HARD = ROOT / "weights" / "shapes_hard.pt"
-EXAMPLES = sorted((ROOT / "examples").glob("shapes_*.png"))
+EXAMPLES = sorted((ROOT / "examples" / "shapes").glob("shapes_*.png"))
 TINY = ["--train-images", "40", "--val-images", "4", "--batch-size", "8", "--no-progress", "--image-size", "32",
         "--encoder-dim", "32", "--hidden-dim", "32", "--embed-dim", "16", "--attention-dim", "16"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").rglob("shapes_*.png"))
+EXAMPLES = sorted((ROOT / "examples" / "shapes").glob("shapes_*.png"))
 
 
 def _caption(weights: str, words: int):

@@ -121,7 +121,7 @@ import json, os, runpy, sys
 def _exit(code):  # caption.py leaves through os._exit; report first
     raise SystemExit(code)
 os._exit = _exit
-sys.argv = ["caption.py", "examples/shapes_3obj.png"]
+sys.argv = ["caption.py", "examples/shapes/shapes_3obj.png"]
 try:
     runpy.run_path("caption.py", run_name="__main__")
 except SystemExit as e:
@@ -134,7 +134,7 @@ print(json.dumps({{"status": status, "heavy": heavy}}))
     lines = result.stdout.strip().splitlines()
     report = json.loads(lines[-1])
     assert report == {"status": 0, "heavy": []}
-    assert lines[0].startswith("examples/shapes_3obj.png\t")
+    assert lines[0].startswith("examples/shapes/shapes_3obj.png\t")
 
 
 def test_import_captioner_does_not_load_torch_until_a_name_is_used():

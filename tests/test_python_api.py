@@ -13,7 +13,7 @@ from captioner.images import ImageError
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "weights" / "shapes_soft.pt"
-EXAMPLES = sorted((ROOT / "examples").glob("shapes_*.png"))
+EXAMPLES = sorted((ROOT / "examples" / "shapes").glob("shapes_*.png"))
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def checkout(tmp_path_factory) -> Path:
                                     f'{func}; sys.exit({func}())" "$@"\n')
     for path in bin_dir.iterdir():
         path.chmod(0o755)
-    pictures = sorted((ROOT / "examples").glob("shapes_*.png"))
+    pictures = sorted((ROOT / "examples" / "shapes").glob("shapes_*.png"))
     Image.open(pictures[0]).convert("RGB").save(folder / "photo.jpg")
     for sub, suffix in (("more", ".png"), ("photos", ".jpg")):
         (folder / sub).mkdir()

@@ -1,6 +1,6 @@
 """Wall time of `python caption.py photo` for one photo, from process start to the printed caption.
 
-    python -m bench.speed.cli_latency [--runs 10] [--image examples/shapes_3obj.png] [--weights CKPT] [--folder 32]
+    python -m bench.speed.cli_latency [--runs 10] [--image examples/shapes/shapes_3obj.png] [--weights CKPT] [--folder 32]
 
 Each run is a fresh interpreter (`subprocess.Popen`, the clock started just before it): the time
 to the caption on stdout and to the process's exit are both reported (median, min, max), plus,
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--image", default="examples/shapes_3obj.png")
+    parser.add_argument("--image", default="examples/shapes/shapes_3obj.png")
     parser.add_argument("--weights", default=None, help="checkpoint (default: caption.py's, weights/shapes_soft.pt)")
     parser.add_argument("--folder", type=int, default=0, metavar="N",
                         help="also caption N photo-like JPEG files with a VGG-16 checkpoint: wall time, peak RSS")
