@@ -164,6 +164,8 @@ class Loaders:
             return load_checkpoint(SOFT, device)
         if path.stem == "failing":
             raise CheckpointError(f"{path}: not a checkpoint (a test's broken file)")
+        if path.stem == "unloadable":
+            raise MemoryError("a test's load that runs out of memory")
         return load_checkpoint(path, device)
 
 
@@ -197,13 +199,18 @@ def test_a_slow_model_load_blocks_neither_the_list_nor_the_loaded_model(tmp_path
 
 def test_a_failed_load_is_tried_again_after_a_while(tmp_path, photo):
     loaders = Loaders()
-    app = create_app({"shapes_soft": SOFT, "failing": tmp_path / "failing.pt"}, loader=loaders, retry_after=0.2)
+    models = {"shapes_soft": SOFT, "failing": tmp_path / "failing.pt", "unloadable": tmp_path / "unloadable.pt"}
+    app = create_app(models, loader=loaders, retry_after=0.2)
     with TestClient(app, base_url=BASE) as client:
         files = {"image": ("photo.jpg", photo, "image/jpeg")}
         assert client.post("/api/caption", files=files, data={"model": "failing"}).status_code == 422
         time.sleep(0.3)
         assert client.post("/api/caption", files=files, data={"model": "failing"}).status_code == 422
-    assert loaders.calls["failing"] == 2
+        for _ in range(2):                                   # not the checkpoint's fault: 503, one line
+            refused = client.post("/api/caption", files=files, data={"model": "unloadable"})
+            assert refused.status_code == 503 and "model 'unloadable' cannot be loaded now" in refused.json()["error"]
+        assert client.post("/api/caption", files=files).status_code == 200
+    assert loaders.calls["failing"] == 2 and loaders.calls["unloadable"] == 1
 
 
 # -- 9: the Host header ----------------------------------------------------------------------------------------
