@@ -80,6 +80,21 @@ def decode_image(data) -> Image.Image:
     return _decode(io.BytesIO(data), lambda: _looks_like_text(data[:512]))
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) that the header of an image held in memory declares, read without decoding a
+    pixel (the formats and warnings of `decode_image`); None when no supported format reads the header.
+    A cheap look before deciding how to decode (the web server decodes small pictures inline)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with _quiet_warnings(), Image.open(io.BytesIO(data), formats=_formats()) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - not a header PIL reads: decode_image will say why
+        return None
+
+
 def _decode(source, looks_like_text) -> Image.Image:
     """Decode `source` (a path or a binary file object) as load_image describes; `looks_like_text()`
     is asked only for data no image format recognised."""

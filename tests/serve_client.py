@@ -1,7 +1,7 @@
 """A client of the web server (`python -m captioner.serve`) for the serve tests and the benchmark
 bench/speed/serve_load.py: multipart uploads, POST /api/caption on a TCP_NODELAY connection, a load of
 concurrent clients, the server's resident memory, shapes scenes as JPEG files, and the shipped shapes
-checkpoints. Load goes to loopback addresses only. (Start the server with captioner.serve.running_server.)"""
+checkpoints. Load goes to loopback addresses only. (Start the server with tests/serve_process.py.)"""
 
 from __future__ import annotations
 

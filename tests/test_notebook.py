@@ -1,4 +1,4 @@
-"""notebooks/attention_maps.ipynb and the helpers behind it (captioner/notebook.py).
+"""notebooks/attention_maps.ipynb, the helpers behind it (captioner/notebook/) and the command that runs it.
 
 The notebook test executes every cell headless with nbclient, in a kernel on this very interpreter,
 with the shipped checkpoints in weights/; any cell error fails it. The helper tests use tiny models."""
@@ -18,6 +18,7 @@ from conftest import ROOT, tiny_config
 
 from captioner import notebook as nb
 from captioner.data.shapes import attention_localization
+from captioner.notebook.__main__ import execute_notebook, main
 
 NOTEBOOK = ROOT / "notebooks" / "attention_maps.ipynb"
 MAX_BYTES = 3 * 1024 * 1024  # two real photographs' word grids (section 0) take most of it
@@ -54,7 +55,7 @@ def test_the_notebook_runs_top_to_bottom_and_draws_its_figures(tmp_path):
     out = tmp_path / "executed.ipynb"
     start = time.monotonic()
     # Working directory notebooks/, as when Jupyter is started there; the notebook finds the root itself.
-    executed = nb.execute_notebook(NOTEBOOK, out, timeout=120, cwd=NOTEBOOK.parent)
+    executed = execute_notebook(NOTEBOOK, out, timeout=120, cwd=NOTEBOOK.parent)
     elapsed = time.monotonic() - start
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
@@ -324,13 +325,13 @@ def test_python_m_captioner_notebook_runs_a_notebook_on_this_interpreter(tmp_pat
     out.parent.mkdir()
     nbformat.write(new_notebook(cells=[new_code_cell("import sys, os; print(sys.executable); print(os.getcwd())")]),
                    str(path))
-    assert nb.main([str(path), "--out", str(out), "--timeout", "60"]) == 0
+    assert main([str(path), "--out", str(out), "--timeout", "60"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     printed = nbformat.read(out, as_version=4).cells[0].outputs[0].text.split()
     assert Path(printed[0]).resolve() == Path(sys.executable).resolve()        # whatever kernels exist elsewhere
     assert Path(printed[1]).resolve() == tmp_path.resolve()                    # run in the notebook's folder
     assert json.loads(path.read_text())["cells"][0]["outputs"] == []           # the source is left as it was
-    assert nb.main([str(tmp_path / "missing.ipynb")]) == 2
+    assert main([str(tmp_path / "missing.ipynb")]) == 2
 
 
 def test_figures_survive_an_empty_caption(tiny):

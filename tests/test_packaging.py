@@ -55,7 +55,7 @@ def test_the_project_code_has_a_license():
 
 
 @pytest.mark.parametrize("main", ["captioner.cli:caption_main", "captioner.cli:train_main",
-                                  "captioner.evaluate:main", "captioner.notebook:main"])
+                                  "captioner.evaluate:main", "captioner.notebook.__main__:main"])
 def test_every_command_answers_version(main, capsys):
     module, func = main.split(":")
     with pytest.raises(SystemExit) as info:

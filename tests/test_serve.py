@@ -27,6 +27,7 @@ from captioner.serve import Batcher, ModelPool, create_app, find_models
 
 ROOT = Path(__file__).resolve().parent.parent
 SOFT, HARD = ROOT / "weights" / "shapes_soft.pt", ROOT / "weights" / "shapes_hard.pt"
+BASE = "http://127.0.0.1:8000"   # the Host a browser sends to a server on loopback (the app checks it)
 
 
 def shapes_png(index: int = 1, side: int = 64) -> bytes:
@@ -45,7 +46,7 @@ def app():
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url=BASE) as c:
         yield c
 
 
@@ -183,7 +184,7 @@ BAD_REQUESTS = {
 @pytest.fixture(scope="module")
 def small_limit_client():
     app = create_app({"shapes_soft": SOFT}, max_upload_mb=0.2)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=BASE) as c:
         yield c
 
 
@@ -244,7 +245,7 @@ def test_a_model_that_cannot_be_loaded_is_a_4xx_and_the_others_keep_working(tmp_
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"PK\x03\x04 not really a zip")
     app = create_app({"shapes_soft": SOFT, "broken": broken})
-    with TestClient(app) as c:
+    with TestClient(app, base_url=BASE) as c:
         assert_refused(post_photo(c, model="broken"), 422, "model 'broken' cannot be used")
         assert post_photo(c).status_code == 200
 

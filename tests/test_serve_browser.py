@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 from serve_client import HARD, SOFT
+from serve_process import running_server
 
 from captioner.data.shapes import make_scene
 from captioner.render import upsample
-from captioner.serve import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

@@ -11,8 +11,7 @@ pytest.importorskip("uvicorn")
 import time
 
 from serve_client import SOFT, connect, loopback_only, multipart, peak_rss_mb, run_load, shapes_photos
-
-from captioner.serve import running_server
+from serve_process import running_server
 
 PEAK_RSS_LIMIT_MB = 1500     # the shapes model serves in a few hundred MiB; a leak or eight copies would show
 

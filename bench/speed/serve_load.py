@@ -15,7 +15,7 @@ Starts the server on 127.0.0.1 (a free port; loopback only, never another addres
   every answer checked (HTTP 200 and a caption); throughput, latency percentiles, and the
   server's peak resident memory (VmHWM) before and after.
 The test suite (tests/test_serve_load.py) runs the load part with the same functions: the client
-(tests/serve_client.py) and the server in a child process (captioner.serve.running_server).
+(tests/serve_client.py) and the server in a child process (tests/serve_process.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from captioner.serve import running_server
 from tests.serve_client import connect, loopback_only, multipart, peak_rss_mb, post_caption, run_load, shapes_photos
+from tests.serve_process import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES_SOFT = ROOT / "weights" / "shapes_soft.pt"

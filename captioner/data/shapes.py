@@ -208,3 +208,46 @@ def word_localization(words, alphas, objects, grid_size: int, image_size: int) -
         # The box holds pixel indices; pixel j spans [j, j+1) in continuous coordinates.
         result.append(bool(x0 <= px <= x1 + 1 and y0 <= py <= y1 + 1))
     return result
+
+
+def object_word_mask(words) -> list[bool]:
+    """True for the words that name what is in the picture (colours and shapes)."""
+    return [w in COLOURS or w in SHAPES for w in words]
+
+
+def localization_text(hits: list[bool | None], has_objects: bool, short: bool = False) -> str:
+    """`word_localization`'s hits of one caption as text: "localisation 3/4 = 0.75" (`short`: "3/4
+    localised"), or why there is no score (a picture without ground truth, a caption naming no object)."""
+    scored = [h for h in hits if h is not None]
+    if not scored:
+        if not has_objects:
+            return "no boxes" if short else "no ground truth"
+        return "no object word" if short else "no colour or shape word"
+    if short:
+        return f"{sum(scored)}/{len(scored)} localised"
+    return f"localisation {sum(scored)}/{len(scored)} = {sum(scored) / len(scored):.2f}"
+
+
+def chance_localization(captions, objects_per_image, grid_size: int, image_size: int) -> float:
+    """The localisation score a peak drawn uniformly over the grid would get on these captions: for each
+    scored word, the fraction of grid cells whose centre lies in the named object's box."""
+    centres = (np.arange(grid_size) + 0.5) * (image_size / grid_size)
+    total, expected = 0, 0.0
+    for caption, objects in zip(captions, objects_per_image):
+        words = caption.words
+        by_kind = {(o.colour, o.shape): o for o in objects}
+        scored = word_localization(words, caption.alphas, objects, grid_size, image_size)
+        for i, (word, hit) in enumerate(zip(words, scored)):
+            if hit is None:
+                continue
+            total += 1
+            kind = ((word, words[i + 1] if i + 1 < len(words) else None) if word in COLOURS
+                    else (words[i - 1] if i > 0 else None, word) if word in SHAPES else None)
+            target = by_kind.get(kind)
+            if target is None:
+                continue
+            x0, y0, x1, y1 = target.box
+            inside_x = ((centres >= x0) & (centres <= x1 + 1)).sum()
+            inside_y = ((centres >= y0) & (centres <= y1 + 1)).sum()
+            expected += inside_x * inside_y / grid_size ** 2
+    return expected / total if total else 0.0

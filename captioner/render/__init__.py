@@ -1,8 +1,8 @@
 """Attention overlays: the photo, then one panel per generated word with that word's attention
 map smoothly upsampled over the photo (as in Xu et al. 2015, fig. 2-3). matplotlib is imported
-here only, so `import captioner` stays cheap.
+in this package only, inside the functions that draw, so `import captioner` stays cheap.
 
-The notebook's figures (`captioner.notebook`) are drawn with the same pieces: `pyplot`,
+The notebook's figures (`captioner.render.figures`) are drawn with the same pieces: `pyplot`,
 `panel_square` (what the model saw, at panel size), `upsample`, `spotlight`, `word_marks` and
 `mark_cell` (hard attention's cells), `draw_boxes` and `label_below`."""
 
