@@ -5,11 +5,13 @@ the feature cache's index) goes through `write_atomic`: the data goes to a tempo
 same folder (`.<name>.<random>.tmp`), is flushed and fsynced, then renamed over the final name, and
 the folder is fsynced so the rename itself survives a power cut. `remove_temporaries` deletes what
 a kill -9 between the two left behind. `make_folder` creates the folder a command writes into, or
-says in one line why it cannot.
+says in one line why it cannot. `folder_lock` keeps a folder to one process at a time (a training
+run's folder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -71,6 +73,52 @@ def make_folder(path, not_a_folder: str, cannot_create: str) -> str | None:
     except OSError as e:
         return f"{cannot_create} ({e.strerror or e})"
     return None
+
+
+LOCK_NAME = ".lock"
+
+
+class FolderInUse(Exception):
+    """Another process holds the folder's lock (`folder_lock`)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Hold an exclusive lock on `folder` (flock on `folder/.lock`) for the body's life; raises
+    FolderInUse at once, without waiting, when another process (or another open of the lock in this
+    one) holds it. The operating system drops the lock when its holder exits, crashes or is killed,
+    so a stale `.lock` file left by a kill -9 locks nothing. The file is removed on release, so a
+    folder holds nothing of it once the body is done; a process that locked a file someone has
+    removed in between tries again with the new one (flock locks the open file, not the name)."""
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderInUse(str(folder)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # its holder removed it on release: lock the next one
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        with contextlib.suppress(OSError):  # for a person wondering who holds it
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # still locked, so no other process can be holding this file
+        os.close(fd)
 
 
 def _umask() -> int:

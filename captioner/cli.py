@@ -381,7 +381,7 @@ def _caption(args) -> int:
 
     try:
         device = pick_device(args.device)
-        model, vocab = load_captioner(args.weights, device)
+        model, vocab = load_captioner(args.weights, device, note=lambda line: print(f"note: {line}", file=sys.stderr))
     except (CheckpointError, ValueError) as e:
         return fail(str(e))
     model.requires_grad_(False)  # decoding only (caption_batch runs under inference mode); global grad mode untouched

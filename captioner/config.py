@@ -25,6 +25,16 @@ REFERENCE_LOSSES = ("each", "any")
 LITE_DEFAULT_LAYER = "head"  # the layer with the best dev captions (BENCHMARKS.md, "Which layer")
 
 
+# Upper bounds of the model's sizes, far above any model this code trains (the paper's: 10,000 words,
+# 224 px, D=512, n=1,800; the shipped ones are smaller), so that a configuration asking for absurd
+# sizes (a damaged or hostile checkpoint, a typo in a flag) is refused in one line before anything of
+# that size is built: hidden_dim=100,000 would be an LSTM of 4e10 weights.
+MODEL_SIZE_LIMITS = {
+    "vocab_size": 1_000_000, "image_size": 1024, "encoder_dim": 8192, "embed_dim": 8192, "hidden_dim": 8192,
+    "attention_dim": 8192, "num_heads": 256, "max_len": 1000,
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a `Captioner` (stored inside every checkpoint).
@@ -83,12 +93,14 @@ class ModelConfig:
             raise ValueError(f"positional must be one of {', '.join(POSITIONAL)}, got {self.positional!r}")
         if self.hard_test not in ("expected", "argmax"):
             raise ValueError(f"hard_test must be 'expected' or 'argmax', got {self.hard_test!r}")
+        for name, most in MODEL_SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            if not 1 <= value <= most:
+                raise ValueError(f"{name} must be between 1 and {most:,}, got {value:,}")
         if self.score == "multihead" and self.encoder_dim % self.num_heads:
             raise ValueError("encoder_dim must be divisible by num_heads for score='multihead'")
-        for name in ("vocab_size", "image_size", "encoder_dim", "embed_dim", "hidden_dim",
-                     "attention_dim", "num_heads", "max_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.local_sigma < 0.25:  # the window (2 sigma each way) must reach the nearest cell centre

@@ -29,6 +29,17 @@ if TYPE_CHECKING:
 
 # A declared size above this is refused before any pixel is decoded (decompression bombs).
 MAX_PIXELS = 89_478_485  # PIL's own warning threshold (0.25 GiB at 24 bits per pixel)
+# And a declared size whose decoded pixels would take more than this, from the header too: a float
+# or 32-bit integer picture takes 4 bytes a pixel, so PIL's pixel limit alone would let one of
+# 0.33 GiB through (a 9400x9400 float TIFF can be a 700 KB file). 2**28 bytes is what the pixel
+# limit allows at 24 bits per pixel, so 8-bit pictures are refused exactly as before.
+MAX_DECODED_BYTES = 2 ** 28
+# Bytes a pixel of these modes takes once decoded; the other modes take at most 3 (an 8-bit
+# channel each) and are bounded by MAX_PIXELS alone.
+WIDE_MODE_BYTES = {"F": 4, "I": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# Float and integer pictures are converted to 8 bits in bands of about this many pixels, so the
+# conversion costs a few MB beside the picture, never float64 copies of all of it.
+CONVERT_BAND_PIXELS = 1 << 18
 
 # The formats photos come in. Others PIL knows are refused: EPS is decoded by running Ghostscript,
 # ICO/ICNS/CUR hold embedded images whose size is not checked when opened, TGA and several others
@@ -56,8 +67,8 @@ def load_image(path) -> Image.Image:
         raise ImageError("no such file" + (" (a dangling symbolic link)" if os.path.islink(path) else "")) from None
     except PermissionError:
         raise ImageError("permission denied") from None
-    except (OSError, ValueError) as e:
-        raise ImageError(f"cannot read ({first_sentence(e)})") from None
+    except (OSError, ValueError) as e:  # a symbolic link that loops: "Too many levels of symbolic links"
+        raise ImageError(f"cannot read ({getattr(e, 'strerror', None) or first_sentence(e)})") from None
     if stat.S_ISDIR(info.st_mode):
         raise ImageError("is a directory, not an image")
     if not stat.S_ISREG(info.st_mode):
@@ -103,11 +114,18 @@ def _decode(source, looks_like_text) -> Image.Image:
     try:
         with _quiet_warnings():
             with Image.open(source, formats=_formats()) as im:
-                _check_size(im.size)  # from the header alone, before any pixel is decoded
+                _check_size(im.size, im.mode)  # from the header alone, before any pixel is decoded
                 im.seek(0)  # first frame of an animation
+                _check_size(im.size, im.mode)
                 im.load()
-                _check_size(im.size)
-                return _to_rgb(_apply_orientation(im))
+                _check_size(im.size, im.mode)
+                picture = _apply_orientation(im)
+                if picture.mode in WIDE_MODE_BYTES:  # the wide pixels are let go before RGB is made
+                    gray = Image.fromarray(_wide_to_8bit(picture))
+                    picture.close()
+                    im.close()
+                    return gray.convert("RGB")
+                return _to_rgb(picture)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -171,13 +189,18 @@ def _formats() -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in Image.OPEN)
 
 
-def _check_size(size) -> None:
+def _check_size(size, mode: str = "") -> None:
     w, h = size
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}x{h})")
     if w * h > MAX_PIXELS:
         raise ImageError(f"image too large ({w}x{h} pixels declared; limit {MAX_PIXELS} pixels): "
                          "refused before decoding")
+    wide = WIDE_MODE_BYTES.get(mode, 0)
+    if w * h * wide > MAX_DECODED_BYTES:
+        kind = "floating-point" if mode == "F" else f"{8 * wide}-bit integer"
+        raise ImageError(f"image too large ({w}x{h} {kind} pixels declared, {w * h * wide / 2 ** 20:.0f} MiB "
+                         f"decoded; limit {MAX_DECODED_BYTES // 2 ** 20} MiB): refused before decoding")
 
 
 def _looks_like_text_file(path: str) -> bool:
@@ -220,22 +243,8 @@ def _to_rgb(im) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; alpha (or palette/tRNS transparency) is composited on white."""
     from PIL import Image
 
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        # 16-bit grayscale: 0..65535 -> 0..255 (a dark 16-bit picture stays dark)
-        arr = np.asarray(im).astype(np.uint32)
-        return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), mode="L").convert("RGB")
-    if im.mode == "I":
-        # 32-bit integers (16-bit files in older readers): scale by the range the values use
-        arr = np.asarray(im).astype(np.float64)
-        top = float(arr.max(initial=0))
-        top = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
-        arr = np.clip(arr, 0, None) / top * 255.0
-        return Image.fromarray(np.rint(arr).astype(np.uint8), mode="L").convert("RGB")
-    if im.mode == "F":
-        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
-        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
-        return Image.fromarray(np.rint(arr).astype(np.uint8), mode="L").convert("RGB")
+    if im.mode in WIDE_MODE_BYTES:
+        return Image.fromarray(_wide_to_8bit(im)).convert("RGB")
     if im.mode == "P" or "transparency" in im.info:
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
     if im.mode in ("LA", "La", "PA", "RGBa"):
@@ -244,6 +253,59 @@ def _to_rgb(im) -> Image.Image:
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, im).convert("RGB")
     return im.convert("RGB")
+
+
+def _wide_to_8bit(im) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grayscale picture -> uint8 (H, W):
+      * 16-bit: 0..65535 -> 0..255 (a dark 16-bit picture stays dark);
+      * 32-bit integers (16-bit files in older readers): scaled by the range the values use;
+      * float: NaN and infinities as 0, then the range of the values (and 0) stretched to 0..255.
+    Done one band of rows at a time (`_bands`, a pass for the range, one for the values), each in
+    float64 as a whole-picture conversion would, so the pixels are the same and the extra memory
+    is the uint8 result and a band's few MB."""
+    w, h = im.size
+    out = np.empty((h, w), dtype=np.uint8)
+    if im.mode.startswith("I;16"):
+        for top, band in _bands(im):
+            out[top:top + len(band)] = (band.astype(np.uint32) * 255 + 32767) // 65535
+        return out
+    # In place, in the order a whole-picture expression would take: the same float64 results.
+    if im.mode == "I":
+        most = max(float(band.max(initial=0)) for _, band in _bands(im))
+        most = 255.0 if most <= 255 else 65535.0 if most <= 65535 else most
+        for top, band in _bands(im):
+            values = band.astype(np.float64)
+            np.clip(values, 0, None, out=values)
+            values /= most
+            values *= 255.0
+            out[top:top + len(band)] = np.rint(values, out=values)
+        return out
+
+    def finite(band):
+        return np.nan_to_num(band.astype(np.float64), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+    lo = hi = 0.0
+    for _, band in _bands(im):
+        values = finite(band)
+        lo, hi = min(lo, float(values.min(initial=0))), max(hi, float(values.max(initial=0)))
+    if hi <= lo:
+        out[:] = 0
+        return out
+    for top, band in _bands(im):
+        values = finite(band)
+        values -= lo
+        values /= hi - lo
+        values *= 255.0
+        out[top:top + len(band)] = np.rint(values, out=values)
+    return out
+
+
+def _bands(im) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, its rows as an array) for bands of about CONVERT_BAND_PIXELS pixels of `im`, top down."""
+    w, h = im.size
+    rows = max(1, CONVERT_BAND_PIXELS // w)
+    for top in range(0, h, rows):
+        yield top, np.asarray(im.crop((0, top, w, min(h, top + rows))))
 
 
 def crop_box(width: int, height: int, resize: str = "crop") -> tuple[int, int, int, int]:
@@ -287,10 +349,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".we
 
 def image_files(folder) -> list[str]:
     """The image files directly inside `folder` (by suffix), sorted by name; raises ImageError (one
-    line) when it cannot be listed or holds none."""
+    line) when it cannot be listed or holds none. An entry whose type cannot be told (a symbolic link
+    that loops, one whose target cannot be read) is listed too: reading it then fails on that file
+    alone, with its own line, and the folder's other images are still read."""
     try:
-        names = sorted(entry.name for entry in os.scandir(folder)
-                       if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file())
+        with os.scandir(folder) as entries:
+            names = sorted(entry.name for entry in entries
+                           if entry.name.lower().endswith(IMAGE_SUFFIXES) and _may_be_file(entry))
     except PermissionError:
         raise ImageError("permission denied (cannot list the folder)") from None
     except OSError as e:
@@ -298,6 +363,15 @@ def image_files(folder) -> list[str]:
     if not names:
         raise ImageError(f"a folder (directory) with no image files ({', '.join(IMAGE_SUFFIXES)})")
     return [os.path.join(folder, name) for name in names]
+
+
+def _may_be_file(entry: os.DirEntry) -> bool:
+    """A folder entry that is a file, or might be one: `is_file` raises for a symbolic link that
+    loops (ELOOP) or points through a folder that cannot be searched; `load_image` names the reason."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
 
 
 def normalize(images: torch.Tensor, preprocessing=None) -> torch.Tensor:

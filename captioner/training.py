@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .atomic import make_folder, remove_temporaries, write_text_atomic
+from .atomic import FolderInUse, folder_lock, make_folder, remove_temporaries, write_text_atomic
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import DATASET_MODEL_DEFAULTS, ModelConfig, TrainConfig, encoder_defaults, model_config_for
 from .data import (
@@ -329,15 +329,49 @@ class Job:
 def train(tc: TrainConfig, model_overrides: dict | None = None, device: str | torch.device = "cpu",
           log=print, dist=None) -> dict:
     """Run one training job; returns a summary dict. Writes into `tc.out_dir`:
-    `last.pt` (resumable), `best.pt` (best validation BLEU-4), `metrics.jsonl`, `config.json`."""
+    `last.pt` (resumable), `best.pt` (best validation BLEU-4), `metrics.jsonl`, `config.json`.
+    The run folder is locked for the whole run (`run_folder_lock`): a second run on it stops at once."""
+    from .distributed import DistContext
+
+    dist = dist or DistContext()  # torchrun: see distributed.py; only rank 0 writes files and logs
+    with run_folder_lock(tc, dist):
+        return _train(tc, model_overrides, device, log, dist)
+
+
+@contextlib.contextmanager
+def run_folder_lock(tc: TrainConfig, dist: DistContext):
+    """Create the run folder and hold its lock (`atomic.folder_lock`, on `.lock`) for the body's life,
+    before anything in it is read, cleaned or written; under torchrun rank 0 holds it for all ranks.
+    A folder another run holds is a TrainingError on every rank, and nothing in it is touched."""
+    out = Path(tc.out_dir)
+    with contextlib.ExitStack() as stack:
+        in_use = False
+        if dist.is_main:
+            problem = make_folder(out, f"{out}: --out-dir must be a folder, and this is a file",
+                                  f"{out}: cannot create the run folder")
+            if problem:
+                raise TrainingError(problem)
+            try:
+                stack.enter_context(folder_lock(out))
+            except FolderInUse:
+                in_use = True
+            except OSError as e:
+                raise TrainingError(f"{out}: cannot lock the run folder ({e.strerror or e})") from None
+        if dist.any(in_use):
+            raise TrainingError(f"{out}: another training run is using this run folder; wait for it to end, "
+                                "or choose another --out-dir")
+        yield out
+
+
+def _train(tc: TrainConfig, model_overrides: dict | None, device, log, dist: DistContext) -> dict:
+    """`train` in its locked run folder."""
     device = torch.device(device)
-    from .distributed import DebugRecorder, DistContext
+    from .distributed import DebugRecorder
 
     model_overrides = encoder_defaults(tc, model_overrides)   # real data: Lite0, or VGG-19 where a VGG flag says
     if not (tc.resume and (Path(tc.out_dir) / "last.pt").is_file()):   # a resumed run has its encoder weights
         check_encoder_source(tc, (model_overrides or {}).get("encoder")
                              or DATASET_MODEL_DEFAULTS.get(tc.dataset, {}).get("encoder") or ModelConfig.encoder)
-    dist = dist or DistContext()  # torchrun: see distributed.py; only rank 0 writes files and logs
     if not dist.is_main:
         log = _quiet
     out, saved = open_run_folder(tc, dist, log)

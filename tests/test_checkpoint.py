@@ -7,7 +7,14 @@ import torch
 from conftest import random_annotations
 
 from captioner.beam import beam_search
-from captioner.checkpoint import CheckpointError, load_captioner, read_checkpoint, save_checkpoint
+from captioner.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_captioner,
+    read_checkpoint,
+    save_checkpoint,
+    with_digest,
+)
 
 
 def test_round_trip_gives_identical_outputs(tmp_path, make_model, words_vocab):
@@ -33,7 +40,7 @@ def test_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path, make_mode
     path = tmp_path / "model.pt"
     save_checkpoint(path, make_model(), words_vocab)
     data = torch.load(path, weights_only=True)
-    assert data["format_version"] == 1
+    assert data["format_version"] == FORMAT_VERSION == 2 and "sha256" in data["digest"]
     assert data["vocab"]["itos"] == words_vocab.itos
     assert data["model_config"]["vocab_size"] == len(words_vocab)
     assert isinstance(data["model_config"], dict)
@@ -69,7 +76,7 @@ def test_vocabulary_that_does_not_match_the_model_is_refused(tmp_path, make_mode
     save_checkpoint(path, make_model(), words_vocab)
     data = torch.load(path, weights_only=True)
     data["vocab"]["itos"] = data["vocab"]["itos"][:-2]
-    torch.save(data, path)
+    torch.save(with_digest(data), path)  # changed on purpose: a digest that matches, so the vocabulary is checked
     with pytest.raises(CheckpointError, match="vocabulary has 9 words but the model predicts 11"):
         load_captioner(path)
 

