@@ -33,9 +33,9 @@ def main(argv=None) -> int:
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
     parts = []
-    for _, annotations in annotations_batches(features, 50, args.num_images):
-        captions = [c.words for c in beam_search(model, annotations, vocab, beam_size=args.beam_size)]
-        parts.append(word_effects(model, annotations, captions, vocab, args.fraction, generator))
+    for _, batch in annotations_batches(features, 50, args.num_images):
+        captions = [c.words for c in beam_search(model, batch, vocab, beam_size=args.beam_size)]
+        parts.append(word_effects(model, batch, captions, vocab, args.fraction, generator))
     summary = {"weights": args.weights, "split": args.split, "images": min(len(features), args.num_images or len(features)),
                **WordEffects.join(parts).summary()}
     print(json.dumps(summary))
