@@ -145,3 +145,36 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def add_split_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of a bench script that decodes a real data set's split from a feature cache."""
+    parser.add_argument("--weights", required=True, help="checkpoint to measure")
+    parser.add_argument("--dataset", default="flickr8k", help="data set (default: flickr8k)")
+    parser.add_argument("--data-root", required=True, help="the data set's annotation folder")
+    parser.add_argument("--images", default=None, help="photo folder, if not under --data-root")
+    parser.add_argument("--split", default="val", choices=("val", "test"), help="split (default: val, the dev split)")
+    parser.add_argument("--num-images", type=int, default=None, help="first N images of the split (default: all)")
+    parser.add_argument("--cache", required=True, help="feature cache folder (as train.py --feature-cache)")
+
+
+def split_features(args):
+    """(model, vocab, image set, its cached annotations) for add_split_args' flags."""
+    from captioner.checkpoint import load_captioner
+    from captioner.data import load_split
+    from captioner.data.cache import open_or_build
+
+    model, vocab = load_captioner(args.weights)
+    images = load_split(args.dataset, args.split, image_size=model.config.image_size, data_root=args.data_root,
+                        images=args.images, resize=model.config.resize)
+    # The whole split's cache (shared with training's and every other script's), read up to --num-images.
+    features = open_or_build(model, images, args.cache, args.split, log=lambda m: print(m, file=sys.stderr))
+    return model, vocab, images, features
+
+
+def annotations_batches(features, batch_size: int = 100, limit: int | None = None):
+    """(indices, annotations (B, L, D) float32) over the first `limit` images of a FeatureSet, in order."""
+    total = len(features) if limit is None else min(limit, len(features))
+    for start in range(0, total, batch_size):
+        index = list(range(start, min(total, start + batch_size)))
+        yield index, torch.stack([features.image(i) for i in index]).float()

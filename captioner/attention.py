@@ -125,17 +125,22 @@ class Attention(nn.Module):
         CPU): e = w^T tanh(k + q) + b = (2w)^T sigmoid(2k + 2q) + (b - sum w). Doubling is exact."""
         B, R, _, A = query.shape
         L = keys.shape[1]
-        w = self.energy.weight.view(A)
-        scores = keys.new_empty(B, R, L)
-        images = max(1, min(B, CHUNK_BYTES // (R * L * A * keys.element_size())))
-        buffer = keys.new_empty(images, R, L, A)
-        query2 = query * 2
-        for start in range(0, B, images):
-            stop = min(B, start + images)
-            u = buffer[:stop - start]
-            torch.add(query2[start:stop], keys[start:stop].unsqueeze(1), alpha=2, out=u)  # 2q + 2k
-            torch.matmul(u.sigmoid_(), w * 2, out=scores[start:stop])                # (b, R, L, A) @ (A,)
-        return scores.add_(self.energy.bias - w.sum())
+        # The buffers are written with out=, which autocast cannot follow: the work runs outside it,
+        # in the wider of the two inputs' dtypes (bf16 keys and query under bf16 autocast).
+        dtype = torch.promote_types(keys.dtype, query.dtype)
+        with torch.autocast(keys.device.type, enabled=False):
+            keys, query = keys.to(dtype), query.to(dtype)
+            w = self.energy.weight.view(A).to(dtype)
+            scores = keys.new_empty(B, R, L)
+            images = max(1, min(B, CHUNK_BYTES // (R * L * A * keys.element_size())))
+            buffer = keys.new_empty(images, R, L, A)
+            query2 = query * 2
+            for start in range(0, B, images):
+                stop = min(B, start + images)
+                u = buffer[:stop - start]
+                torch.add(query2[start:stop], keys[start:stop].unsqueeze(1), alpha=2, out=u)  # 2q + 2k
+                torch.matmul(u.sigmoid_(), w * 2, out=scores[start:stop])            # (b, R, L, A) @ (A,)
+            return scores.add_(self.energy.bias.to(dtype) - w.sum())
 
     def distributions(self, keys: torch.Tensor, h: torch.Tensor, mask: torch.Tensor | None = None,
                       bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -51,10 +51,30 @@ class Caption:
 
 
 def _normalise(log_prob: torch.Tensor, length: torch.Tensor, length_penalty: float) -> torch.Tensor:
-    """score = log_prob / length**alpha (alpha = 0: no normalisation)."""
+    """GNMT's length normalisation (Wu et al. 2016, eq. 14): score = log_prob / lp(length), with
+    lp = ((5 + length) / 6) ** alpha; alpha = 0 is no normalisation, larger alpha favours longer
+    captions. `length` counts the tokens, <end> included."""
     if length_penalty == 0:
         return log_prob
-    return log_prob / length.to(log_prob.dtype).clamp_min(1) ** length_penalty
+    return log_prob / ((5.0 + length.to(log_prob.dtype)) / 6.0) ** length_penalty
+
+
+def _banned_repeats(tokens: torch.Tensor, n: int, V: int) -> torch.Tensor:
+    """Hugging Face `generate`'s no_repeat_ngram_size on a batch of hypotheses: tokens (N, S) so far
+    -> (N, V) bool, the words that would complete an n-gram the hypothesis already holds. Batched:
+    every window of n tokens is compared with the hypothesis's last n - 1 at once."""
+    N, S = tokens.shape
+    banned = torch.zeros(N, V, dtype=torch.bool, device=tokens.device)
+    if n < 1 or S < n:
+        return banned
+    if n == 1:
+        return banned.scatter_(1, tokens, True)
+    windows = tokens.unfold(1, n, 1)                                                 # (N, S - n + 1, n)
+    prefix = tokens[:, S - n + 1:]                                                   # (N, n - 1)
+    match = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)                   # (N, S - n + 1)
+    # scatter_add, not scatter: a word may follow the prefix in one window and not in another.
+    hits = torch.zeros(N, V, device=tokens.device).scatter_add_(1, windows[..., -1], match.float())
+    return hits > 0
 
 
 @dataclass
@@ -112,10 +132,18 @@ def _first_step(model, annotations, vocab, K: int, mask):
 @torch.no_grad()
 def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: int = 3,
                 max_len: int | None = None, length_penalty: float = 0.0,
-                mask: torch.Tensor | None = None) -> list[Caption]:
-    """Decode every image of `annotations` (B, L, D) at once; returns one `Caption` per image, in order."""
+                mask: torch.Tensor | None = None, no_repeat_ngram_size: int = 0,
+                min_length: int = 0) -> list[Caption]:
+    """Decode every image of `annotations` (B, L, D) at once; returns one `Caption` per image, in order.
+
+    The controls follow Hugging Face `generate`: `length_penalty` is GNMT's alpha (see `_normalise`;
+    it ranks the finished captions), `no_repeat_ngram_size` n > 0 forbids any n-gram of words a
+    hypothesis already holds, `min_length` forbids <end> before that many words. All off (0), the
+    search is the plain one."""
     if beam_size < 1:
         raise ValueError(f"beam size must be at least 1, got {beam_size}")
+    if no_repeat_ngram_size < 0 or min_length < 0:
+        raise ValueError("no_repeat_ngram_size and min_length must be zero or more")
     max_len = max_len or model.config.max_len
     B, L, _ = annotations.shape
     K, V = beam_size, len(vocab)
@@ -139,6 +167,10 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     for step in range(max_len):
         log_probs = torch.log_softmax(out.logits.float(), dim=-1)                 # (N, V)
         log_probs[:, [vocab.pad, vocab.start, vocab.unk]] = inf                   # never written (see above)
+        if step < min_length:                                                     # too short to end
+            log_probs[:, vocab.end] = inf
+        if no_repeat_ngram_size:
+            log_probs.masked_fill_(_banned_repeats(live.tokens.view(B * K, step), no_repeat_ngram_size, V), inf)
         candidates = (scores.unsqueeze(-1) + log_probs.view(B, K, V)).view(B, K * V)  # (B, K, V) -> (B, K*V)
         scores, flat = candidates.topk(K, dim=1)                                  # (B, K), best first
         scores = scores.masked_fill(rank >= (K - done).unsqueeze(1), inf)         # keep the K - dead_k best
@@ -195,3 +227,28 @@ def _captions(vocab, pool: _Hypotheses, pool_scores, pool_length, live: _Hypothe
                                finished=bool(finished[b, best]), candidates=cands,
                                locations=locations[b, best, :n] if has_locations else None))
     return results
+
+
+@torch.no_grad()
+def sample_captions(model, annotations: torch.Tensor, vocab: Vocabulary, num_samples: int = 5,
+                    max_len: int | None = None) -> torch.Tensor:
+    """Draw `num_samples` captions per image of `annotations` (B, L, D) from the model's own
+    distribution (torch's global RNG, so an exact resume replays them), under the search's rules:
+    <pad>, <start> and <unk> are never written. Returns tokens (B * num_samples, T) long, the
+    samples of image b in rows b*S .. b*S + S - 1, each ending with <end> (or cut at max_len) and
+    then <pad>. Self-critical training scores these (losses.self_critical_loss)."""
+    max_len = max_len or model.config.max_len
+    B, S = annotations.shape[0], num_samples
+    out, state, _ = _first_step(model, annotations, vocab, S, None)
+    tokens = torch.full((B * S, max_len), vocab.pad, dtype=torch.long, device=annotations.device)
+    running = torch.ones(B * S, dtype=torch.bool, device=annotations.device)
+    for step in range(max_len):
+        logits = out.logits.float()
+        logits[:, [vocab.pad, vocab.start, vocab.unk]] = float("-inf")
+        word = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)       # (N,)
+        tokens[:, step] = torch.where(running, word, torch.full_like(word, vocab.pad))
+        running = running & (word != vocab.end)
+        if step + 1 == max_len or not bool(running.any()):
+            break
+        out, state = model.step(word, state)
+    return tokens

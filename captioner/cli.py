@@ -18,9 +18,11 @@ from .config import (
     DATASET_MODEL_DEFAULTS,
     DATASET_TRAIN_DEFAULTS,
     ENCODERS,
+    OBJECTIVES,
     POSITIONAL,
     REFERENCE_LOSSES,
     SCORES,
+    SELECT_BY,
     ModelConfig,
     TrainConfig,
     train_config_for,
@@ -59,6 +61,12 @@ TRAIN_HELP = {
     "reference_loss": "each: every reference caption is a training example (the paper's); any: batches of "
                       "images with all their references, loss -log sum_r p(reference_r | image), so the model "
                       "may settle on one wording (shapes: one order of the objects)",
+    "objective": "xe: the paper's cross-entropy (eq. 14); scst: self-critical sequence training (Rennie et al. "
+                 "2017), REINFORCE on the CIDEr-D of sampled captions, usually from --init-from a cross-entropy model",
+    "init_from": "start from this checkpoint's model, vocabulary and weights (not a resume: a new run)",
+    "scst_samples": "scst: captions sampled per image; each one's baseline is the mean reward of the others",
+    "select_by": "validation metric that picks best.pt and counts for --patience: Bleu_4, CIDEr, or auto "
+                 "(CIDEr for scst, else Bleu_4)",
     "group_by_length": "group captions of similar length into batches (deterministic per seed and epoch)",
     "feature_cache": "folder for cached encoder features: annotation vectors of every image are computed once "
                      "(float16, memory-mapped files keyed by encoder and images) and training reads them; needs a "
@@ -123,8 +131,8 @@ TRAIN_GROUPS = {
         "dataset", "data_root", "images", "split_file", "train_images", "val_images", "min_count", "num_workers", "strict",
         "group_by_length", "feature_cache"),
     "optimisation": ("steps", "batch_size", "lr", "weight_decay", "lr_schedule", "lr_decay", "grad_clip",
-                     "doubly_stochastic", "reference_loss", "seed", "amp"),
-    "validation and early stopping": ("eval_every", "eval_images", "eval_beam_size", "patience"),
+                     "doubly_stochastic", "reference_loss", "seed", "amp", "objective", "init_from", "scst_samples"),
+    "validation and early stopping": ("eval_every", "eval_images", "eval_beam_size", "patience", "select_by"),
     "hard attention (--attention hard)": ("baseline_decay", "entropy_weight", "expectation_prob",
                                           "reinforce_weight", "expectation_warmup"),
     "encoder weights": ("pretrained", "encoder_weights", "from_scratch", "finetune_encoder", "freeze_encoder"),
@@ -181,7 +189,8 @@ def _add_fields(parser, cls, helps, skip=(), defaults_none=False, groups=None):
                    "positional": POSITIONAL, "hard_test": ("expected", "argmax"), "resize": ("crop", "squash"),
                    "encoder_layer": ("conv5", "stage5", "expand", "head"), "deep_output": ("tanh", "linear"),
                    "init": ("authors", "pytorch"),
-                   "lr_schedule": ("onecycle", "plateau", "constant"), "reference_loss": REFERENCE_LOSSES}.get(f.name)
+                   "lr_schedule": ("onecycle", "plateau", "constant"), "reference_loss": REFERENCE_LOSSES,
+                   "objective": OBJECTIVES, "select_by": SELECT_BY}.get(f.name)
         target.add_argument(flag, type=caster, default=default, choices=choices, help=help_text)
 
 

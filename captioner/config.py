@@ -22,6 +22,8 @@ ATTENTIONS = ("soft", "hard", "local")
 SCORES = ("additive", "dot", "general", "scaled-dot", "multihead")
 POSITIONAL = ("none", "sine")
 REFERENCE_LOSSES = ("each", "any")
+OBJECTIVES = ("xe", "scst")
+SELECT_BY = ("auto", "Bleu_4", "CIDEr")
 LITE_DEFAULT_LAYER = "head"  # the layer with the best dev captions (BENCHMARKS.md, "Which layer")
 
 
@@ -129,6 +131,50 @@ class ModelConfig:
         return cls(**data)
 
 
+MAX_BEAM_SIZE = 100  # the widest beam any front end accepts (the search itself has no limit)
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """How captions are decoded: Hugging Face `generate`'s names for the beam search's options.
+    A checkpoint stores the values chosen on its dev split (`checkpoint.py`), so the CLI, the
+    Python API, evaluation and the server decode alike unless asked otherwise. All controls at 0
+    is the plain beam search."""
+
+    beam_size: int = 3              # beams per image; 1 is greedy decoding
+    length_penalty: float = 0.0     # GNMT's alpha: rank finished captions by log p / ((5 + length) / 6) ** alpha
+    no_repeat_ngram_size: int = 0   # n > 0: never write an n-gram of words twice in one caption
+    min_length: int = 0             # no <end> before this many words
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise ValueError(f"beam_size must be 1 to {MAX_BEAM_SIZE}, got {self.beam_size}")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty}")
+        for name in ("no_repeat_ngram_size", "min_length"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be zero or more, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecodingConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown decoding fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def updated(self, **given) -> DecodingConfig:
+        """These defaults with every option that was given (None = not given) replaced."""
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def search_options(self) -> dict[str, Any]:
+        """Keyword arguments of `beam.beam_search`."""
+        return self.to_dict()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Every field has a `train.py` flag of the same name (dashes for underscores)."""
@@ -148,11 +194,15 @@ class TrainConfig:
     grad_clip: float = 5.0
     doubly_stochastic: float = 1.0  # lambda of eq. (14)
     reference_loss: str = "each"    # each: every reference is a training caption | any: -log sum_r p(ref_r) per image
+    objective: str = "xe"           # xe: the paper's cross-entropy (eq. 14) | scst: self-critical on CIDEr-D
+    init_from: str | None = None    # start from this checkpoint's model, vocabulary and weights (scst fine-tunes one)
+    scst_samples: int = 5           # scst: captions sampled per image (the baseline is the others' mean reward)
     # evaluation, early stopping
     eval_every: int = 500
     eval_images: int = 200
     eval_beam_size: int = 1
     patience: int = 0               # evaluations without improvement before stopping; 0 disables
+    select_by: str = "auto"         # validation metric that picks best.pt: Bleu_4 | CIDEr | auto (CIDEr for scst)
     # data
     train_images: int | None = 12000  # shapes: images generated; real data: use only the first N (None: all)
     val_images: int | None = 200
@@ -184,6 +234,13 @@ class TrainConfig:
         if self.reference_loss not in REFERENCE_LOSSES:
             raise ValueError(f"reference_loss must be one of {', '.join(REFERENCE_LOSSES)}, "
                              f"got {self.reference_loss!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
+        if self.objective == "scst" and self.scst_samples < 2:
+            raise ValueError(f"scst_samples must be at least 2 (the baseline is the other samples' mean), "
+                             f"got {self.scst_samples}")
         if self.lr_schedule not in ("onecycle", "plateau", "constant"):
             raise ValueError(f"lr_schedule must be onecycle, plateau or constant, got {self.lr_schedule!r}")
         for name in ("steps", "batch_size", "eval_every", "eval_images", "eval_beam_size", "train_images",
@@ -215,6 +272,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation score that picks best.pt and counts towards --patience."""
+        if self.select_by != "auto":
+            return self.select_by
+        return "CIDEr" if self.objective == "scst" else "Bleu_4"
 
 
 # What `python train.py --dataset NAME` uses for the flags left unset, over the dataclasses' own
@@ -308,6 +372,6 @@ def replace(config, **changes):
     return dataclasses.replace(config, **changes)
 
 
-__all__ = ["ModelConfig", "TrainConfig", "replace", "train_config_for", "model_config_for", "encoder_defaults",
-           "DATASET_MODEL_DEFAULTS",
+__all__ = ["ModelConfig", "TrainConfig", "DecodingConfig", "replace", "train_config_for", "model_config_for",
+           "encoder_defaults", "DATASET_MODEL_DEFAULTS",
            "DATASET_TRAIN_DEFAULTS", "ENCODERS", "ATTENTIONS", "SCORES", "POSITIONAL"]

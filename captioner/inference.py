@@ -95,7 +95,7 @@ def score_captions(captions: list[Caption], images, grid_size: int) -> dict[str,
     from .metrics import BLEU, coco_scores
 
     scores = dict(coco_scores([c.text for c in captions], [list(refs) for refs in images.references],
-                              metrics=BLEU).overall)
+                              metrics=(*BLEU, "CIDEr")).overall)
     if hasattr(images, "objects"):
         from .data.shapes import attention_localization
 

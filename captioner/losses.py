@@ -148,3 +148,28 @@ def update_baseline(baseline: float | None, log_likelihood: float, decay: float 
     if baseline is None:
         return float(log_likelihood)
     return decay * baseline + (1.0 - decay) * float(log_likelihood)
+
+
+# -- self-critical sequence training (Rennie et al. 2017) ----------------------------------------
+def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
+    """rewards (B, S) of S samples per image -> each sample's baseline, the mean reward of the
+    image's other samples (B, S): unbiased, and no greedy decode needed (Kool et al. 2019's form)."""
+    S = rewards.shape[1]
+    if S < 2:
+        raise ValueError("the leave-one-out baseline needs at least two samples per image")
+    return (rewards.sum(dim=1, keepdim=True) - rewards) / (S - 1)
+
+
+def self_critical_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int, rewards: torch.Tensor,
+                       baselines: torch.Tensor) -> dict[str, torch.Tensor]:
+    """REINFORCE with a baseline on sampled captions (SCST): the surrogate whose gradient is
+    -mean_n (r_n - b_n) d log p(y_n | a)/dW. logits (N, T, V) of the teacher-forced samples,
+    targets (N, T) the samples (<end> included, <pad> after), rewards and baselines (N,), constants.
+    Returns {'loss', 'nll' (per word, of the samples), 'reg' (0), 'tokens', 'reward', 'baseline'}."""
+    valid = targets != pad_id
+    log_likelihood = sentence_log_likelihood(logits, targets, pad_id)               # (N,)
+    advantage = (rewards - baselines).to(log_likelihood.dtype).detach()
+    tokens = valid.sum().clamp_min(1)
+    return {"loss": -(advantage * log_likelihood).mean(), "nll": -log_likelihood.detach().sum() / tokens,
+            "reg": log_likelihood.new_zeros(()), "tokens": tokens, "reward": rewards.float().mean(),
+            "baseline": baselines.float().mean()}

@@ -36,7 +36,9 @@ import numpy as np
 import torch
 
 from .atomic import FolderInUse, folder_lock, make_folder, remove_temporaries, write_text_atomic
+from .beam import sample_captions
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .cider import CiderD
 from .config import DATASET_MODEL_DEFAULTS, ModelConfig, TrainConfig, encoder_defaults, model_config_for
 from .data import (
     CaptionPairs,
@@ -51,7 +53,14 @@ from .data.batching import LengthGroupedBatches
 from .data.batching import steps_per_epoch as steps_per_epoch_for
 from .data.cache import model_inputs
 from .inference import caption_set, score_captions
-from .losses import caption_loss, hard_attention_loss, sentence_log_likelihood, update_baseline
+from .losses import (
+    caption_loss,
+    hard_attention_loss,
+    leave_one_out_baseline,
+    self_critical_loss,
+    sentence_log_likelihood,
+    update_baseline,
+)
 from .model import Captioner
 from .vocab import Vocabulary
 
@@ -184,7 +193,7 @@ class TrainState:
     as the uninterrupted one would have."""
 
     step: int = 0
-    best_bleu4: float = -1.0   # -1 until the first evaluation
+    best_bleu4: float = -1.0   # best value of TrainConfig.selection_metric (BLEU-4 unless chosen); -1 before any
     stale: int = 0             # evaluations since BLEU-4 last improved (--patience)
     lr_scale: float = 1.0      # the plateau schedule multiplies it by --lr-decay at each stale evaluation
     objective: dict = field(default_factory=dict)  # hard attention's baseline and batch count (batch_loss)
@@ -222,7 +231,9 @@ class TrainState:
         return self.elapsed_s if self.started is None else time.time() - self.started
 
     def add_losses(self, losses: dict) -> None:
-        for k in ("loss", "nll", "reg"):
+        for k in ("loss", "nll", "reg", "reward", "baseline"):
+            if k not in losses:
+                continue
             value = losses[k].item()
             self.running[k] = self.running.get(k, 0.0) + value
             self.window[k] = self.window.get(k, 0.0) + value
@@ -232,14 +243,14 @@ class TrainState:
     def take_running_means(self) -> dict:
         """The mean losses since the last evaluation (this process's), and a fresh sum."""
         n = max(1, self.running.pop("n", 1))
-        means = {k: self.running[k] / n for k in ("loss", "nll", "reg") if k in self.running}
+        means = {k: self.running[k] / n for k in ("loss", "nll", "reg", "reward", "baseline") if k in self.running}
         self.running = {}
         return means
 
     def take_window_means(self) -> tuple[dict, int]:
         """The mean losses since the last --log-every report and how many steps they cover."""
         n = self.window.pop("n")
-        means = {k: self.window[k] / n for k in ("loss", "nll")}
+        means = {k: self.window[k] / n for k in ("loss", "nll", "reward") if k in self.window}
         self.window = {}
         return means, n
 
@@ -312,6 +323,7 @@ class Job:
     val_set: object                # the validation images, whose references score the captions
     recorder: DebugRecorder
     progress: object = None        # the tqdm bar while training runs, with --progress
+    reward: CiderD | None = None   # scst: the reward (CIDEr-D, document frequencies of the training references)
 
     @property
     def last_path(self) -> Path:
@@ -369,7 +381,8 @@ def _train(tc: TrainConfig, model_overrides: dict | None, device, log, dist: Dis
     from .distributed import DebugRecorder
 
     model_overrides = encoder_defaults(tc, model_overrides)   # real data: Lite0, or VGG-19 where a VGG flag says
-    if not (tc.resume and (Path(tc.out_dir) / "last.pt").is_file()):   # a resumed run has its encoder weights
+    if not (tc.resume and (Path(tc.out_dir) / "last.pt").is_file()) and not tc.init_from:
+        # (a resumed run has its encoder weights; so has the checkpoint of --init-from)
         check_encoder_source(tc, (model_overrides or {}).get("encoder")
                              or DATASET_MODEL_DEFAULTS.get(tc.dataset, {}).get("encoder") or ModelConfig.encoder)
     if not dist.is_main:
@@ -393,7 +406,8 @@ def _train(tc: TrainConfig, model_overrides: dict | None, device, log, dist: Dis
     job = Job(tc=tc, dist=dist, device=device, log=log, out=out, model=model, train_model=train_model, vocab=vocab,
               optimizer=optimizer, params=params, samples=samples, collate=collate,
               steps_per_epoch=steps_per_epoch_for(len(samples), tc.batch_size, dist.world_size),
-              val_source=val_source, val_set=val_set, recorder=DebugRecorder(dist, model))
+              val_source=val_source, val_set=val_set, recorder=DebugRecorder(dist, model),
+              reward=scst_reward(samples.pairs, vocab) if tc.objective == "scst" else None)
     return run_training(job, state)
 
 
@@ -430,6 +444,8 @@ def load_data(tc: TrainConfig, dist: DistContext, saved: dict | None, model_over
         "image_size", 224)
     if saved is not None:
         image_size = saved["model_config"]["image_size"]
+    elif tc.init_from:
+        image_size = _checkpoint_of(tc.init_from)["model_config"]["image_size"]
     real = tc.dataset != "shapes"
     common = dict(image_size=image_size, seed=tc.seed, data_root=tc.data_root, split_file=tc.split_file,
                   strict=tc.strict, images=tc.images,
@@ -448,6 +464,8 @@ def build_model(tc: TrainConfig, saved: dict | None, train_set, val_set, model_o
     if saved is not None:
         vocab = Vocabulary.from_dict(saved["vocab"])
         config = ModelConfig.from_dict(saved["model_config"])
+    elif tc.init_from:
+        return _model_from(tc.init_from, train_set, val_set, device)
     else:
         vocab = build_vocab(train_set, tc.min_count)
         config = model_config_for(tc.dataset, len(vocab), **(model_overrides or {}))
@@ -462,6 +480,29 @@ def build_model(tc: TrainConfig, saved: dict | None, train_set, val_set, model_o
         if dist.enabled and tc.pretrained and dist.is_main:
             dist.barrier()
     model.to(device)
+    return model, vocab
+
+
+def _checkpoint_of(path: str) -> dict:
+    """--init-from's checkpoint, checked; a bad one is a TrainingError (one line)."""
+    try:
+        return read_checkpoint(path)
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from None
+
+
+def _model_from(path: str, train_set, val_set, device: torch.device) -> tuple[Captioner, Vocabulary]:
+    """--init-from: the model, vocabulary and weights of a checkpoint (its encoder's included)."""
+    from .checkpoint import build_from_checkpoint
+
+    try:
+        model, vocab = build_from_checkpoint(_checkpoint_of(path), path)
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from None
+    model.to(device)
+    for image_set in (train_set, val_set):
+        if hasattr(image_set, "resize"):
+            image_set.resize = model.config.resize
     return model, vocab
 
 
@@ -506,7 +547,7 @@ def training_samples(tc: TrainConfig, dist: DistContext, model: Captioner, vocab
     log(data_summary(tc.dataset, train_set, pairs, val_set, model.config.max_len))
     # reference_loss "each": a batch is tc.batch_size (image, caption) pairs; "any": tc.batch_size
     # images with all their references (the objective is then per image, see losses.caption_loss).
-    if tc.reference_loss == "any":
+    if tc.reference_loss == "any" or tc.objective == "scst":  # scst scores samples against all references
         samples, collate, what = ReferenceSets(pairs), collate_reference_sets, "images with captions"
     else:
         samples, collate, what = pairs, collate_pairs, "captions"
@@ -606,8 +647,9 @@ def run_steps(job: Job, state: TrainState, batches, stop_requested: Callable[[],
             if job.progress is not None:
                 job.progress.set_postfix(loss=f"{mean['loss']:.3f}", nll=f"{mean['nll']:.3f}")
             else:
-                job.log(f"step {state.step}: loss {mean['loss']:.3f}, nll {mean['nll']:.3f} (mean of the last {n} "
-                        f"steps), lr {learning_rate(tc, state.step - 1, state.lr_scale):.2e}")
+                reward = f", reward {mean['reward']:.3f}" if "reward" in mean else ""
+                job.log(f"step {state.step}: loss {mean['loss']:.3f}, nll {mean['nll']:.3f}{reward} (mean of the last "
+                        f"{n} steps), lr {learning_rate(tc, state.step - 1, state.lr_scale):.2e}")
         if state.step % tc.eval_every == 0 or state.step == tc.steps:
             return float(grad_norm)
         # Every rank stops at the same step: a request on one is a request on all.
@@ -625,8 +667,11 @@ def train_step(job: Job, state: TrainState, batch) -> torch.Tensor:
     for group in job.optimizer.param_groups:
         group["lr"] = learning_rate(tc, state.step, state.lr_scale)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda"):
-        losses = batch_loss(job.train_model, model_inputs(images, model.preprocessing), captions, job.vocab.pad, tc,
-                            state.objective, owners)
+        if tc.objective == "scst":
+            losses = self_critical_batch(job, model_inputs(images, model.preprocessing), captions, owners)
+        else:
+            losses = batch_loss(job.train_model, model_inputs(images, model.preprocessing), captions, job.vocab.pad,
+                                tc, state.objective, owners)
     if job.dist.any(not torch.isfinite(losses["loss"])):
         raise TrainingError(_diverged(job, f"loss became {losses['loss'].item()}", state.step + 1))
     job.optimizer.zero_grad(set_to_none=True)
@@ -638,6 +683,44 @@ def train_step(job: Job, state: TrainState, batch) -> torch.Tensor:
     state.step += 1
     state.add_losses(losses)
     return grad_norm
+
+
+def self_critical_batch(job: Job, inputs: torch.Tensor, captions: torch.Tensor, owners: torch.Tensor) -> dict:
+    """Self-critical sequence training on one batch (Rennie et al. 2017): S captions sampled per
+    image, each rewarded with its CIDEr-D against the image's references (<end> counted, document
+    frequencies from the training references: `job.reward`), baselined by the mean reward of the
+    image's other samples, and pushed up or down by REINFORCE (losses.self_critical_loss).
+    Sampling and the teacher-forced pass both run in eval mode (no dropout), so the gradient is
+    that of the policy the samples came from."""
+    model, vocab, S = job.model, job.vocab, job.tc.scst_samples
+    was_training = model.training
+    model.eval()
+    try:
+        annotations = model.annotations_of(inputs)                                 # (B, L, D)
+        B = annotations.shape[0]
+        samples = sample_captions(model, annotations, vocab, S)                   # (B*S, T)
+        references = [[] for _ in range(B)]
+        for caption, owner in zip(captions.tolist(), owners.tolist()):
+            references[owner].append(vocab.decode(caption))
+        rewards = torch.tensor(job.reward.scores([vocab.decode(row) for row in samples.tolist()],
+                                                 [references[i // S] for i in range(B * S)]),
+                               device=annotations.device).view(B, S)
+        baselines = leave_one_out_baseline(rewards)
+        start = torch.full((B * S, 1), vocab.start, dtype=torch.long, device=samples.device)
+        logits, _, _ = job.train_model(annotations.repeat_interleave(S, dim=0),
+                                       torch.cat([start, samples[:, :-1]], dim=1))
+        return self_critical_loss(logits, samples, vocab.pad, rewards.view(-1), baselines.view(-1))
+    finally:
+        model.train(was_training)
+
+
+def scst_reward(pairs: CaptionPairs, vocab: Vocabulary) -> CiderD:
+    """CIDEr-D with the document frequencies of every training image's references (as token ids
+    read back, so a rare word is <unk> there as in training), <end> counted."""
+    by_image: dict[int, list] = {}
+    for k in range(len(pairs)):
+        by_image.setdefault(int(pairs.image_index[k]), []).append(vocab.decode(pairs.caption(k).tolist()))
+    return CiderD.from_references(by_image.values(), end=vocab.itos[vocab.end])
 
 
 def _diverged(job: Job, what: str, step: int) -> str:
@@ -664,8 +747,9 @@ def record_evaluation(job: Job, state: TrainState, scores: dict, grad_norm: floa
               "lr": learning_rate(tc, state.step - 1, state.lr_scale), **dist.mean(state.take_running_means()),
               "grad_norm": grad_norm, "elapsed_s": round(state.elapsed(), 1),
               **{f"val_{k}": v for k, v in scores.items()}}
-    if scores["Bleu_4"] > state.best_bleu4:
-        state.best_bleu4, state.stale = scores["Bleu_4"], 0
+    metric = tc.selection_metric
+    if scores[metric] > state.best_bleu4:
+        state.best_bleu4, state.stale = scores[metric], 0
         if dist.is_main:
             save_checkpoint(job.best_path, job.model, job.vocab, metrics=record, dataset=tc.dataset)
     else:
@@ -678,6 +762,8 @@ def record_evaluation(job: Job, state: TrainState, scores: dict, grad_norm: floa
     state.last_record = record
     save_last(job, state)
     msg = f"step {state.step}: loss {record.get('loss', float('nan')):.3f}, val BLEU-4 {scores['Bleu_4']:.3f}"
+    if "CIDEr" in scores:
+        msg += f", CIDEr {scores['CIDEr']:.3f}"
     if "attention_localization" in scores:
         msg += f", attention localisation {scores['attention_localization']:.3f}"
     (job.progress.write if job.progress is not None else job.log)(msg)

@@ -135,7 +135,74 @@ def test_length_penalty_favours_longer_captions(make_model, words_vocab):
     assert sum(len(c.words) for c in normalised) >= sum(len(c.words) for c in plain)
     for c in normalised:
         n = len(c.words) + (1 if c.finished else 0)
-        assert c.score == pytest.approx(c.log_prob / n, abs=1e-5)
+        assert c.score == pytest.approx(c.log_prob / ((5 + n) / 6) ** 1.0, abs=1e-5)
+
+
+@torch.no_grad()
+def test_controls_off_reproduce_the_plain_search(make_model, words_vocab):
+    model = make_model(6)
+    annotations = random_annotations(model, 12, 6)
+    for k in (1, 3):
+        plain = beam_search(model, annotations, words_vocab, beam_size=k)
+        off = beam_search(model, annotations, words_vocab, beam_size=k, length_penalty=0.0,
+                          no_repeat_ngram_size=0, min_length=0)
+        for a, b in zip(plain, off):
+            assert (a.words, a.log_prob, a.candidates) == (b.words, b.log_prob, b.candidates)
+            assert torch.equal(a.alphas, b.alphas)
+
+
+def _ngrams(words, n):
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+class RepeatingModel:
+    """A scripted model that always prefers the word after the previous one in a cycle "a red a red
+    ...": a repeated bigram is its likeliest continuation at every step, <end> its least likely."""
+
+    def __init__(self, vocab):
+        from types import SimpleNamespace
+        self.vocab = vocab
+        self.config = SimpleNamespace(max_len=12)
+        self.cycle = {vocab.start: vocab.stoi["a"], vocab.stoi["a"]: vocab.stoi["red"],
+                      vocab.stoi["red"]: vocab.stoi["a"]}
+
+    def init_state(self, annotations):
+        return PrefixState(torch.zeros(annotations.shape[0], 0, dtype=torch.long))
+
+    def step(self, tokens, state, mask=None):
+        from captioner.decoder import StepOutput
+        V = len(self.vocab)
+        logits = torch.linspace(0, 1, V).repeat(tokens.shape[0], 1)               # a fixed order of the rest
+        logits[:, self.vocab.end] = -5.0
+        favourite = torch.tensor([self.cycle.get(int(t), self.vocab.stoi["a"]) for t in tokens])
+        logits[torch.arange(tokens.shape[0]), favourite] = 10.0
+        N = tokens.shape[0]
+        out = StepOutput(logits, torch.full((N, 4), 0.25), torch.ones(N), torch.zeros(N, 1))
+        return out, PrefixState(torch.cat([state.words, tokens.unsqueeze(1)], dim=1))
+
+
+@torch.no_grad()
+def test_no_repeat_ngram_size_never_emits_a_repeated_ngram(words_vocab):
+    model = RepeatingModel(words_vocab)
+    annotations = torch.zeros(2, 4, 1)
+    plain = beam_search(model, annotations, words_vocab, beam_size=2)[0]
+    assert len(set(_ngrams(plain.words, 2))) < len(_ngrams(plain.words, 2))   # the model prefers repeats
+    for n in (1, 2, 3):
+        for k in (1, 2, 3):
+            for caption in beam_search(model, annotations, words_vocab, beam_size=k, no_repeat_ngram_size=n):
+                for words, _ in caption.candidates:
+                    assert len(set(_ngrams(words, n))) == len(_ngrams(words, n)), (n, k, words)
+
+
+@torch.no_grad()
+def test_min_length_forbids_an_early_end(make_model, words_vocab):
+    model = make_model(7)
+    annotations = random_annotations(model, 16, 7)
+    shortest = min(len(c.words) for c in beam_search(model, annotations, words_vocab, beam_size=3))
+    floor = shortest + 2
+    for c in beam_search(model, annotations, words_vocab, beam_size=3, min_length=floor):
+        for words, _ in c.candidates:
+            assert len(words) >= floor
 
 @torch.no_grad()
 def test_attention_maps_of_every_word_sum_to_one(make_model, words_vocab):

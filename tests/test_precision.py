@@ -1,0 +1,36 @@
+"""Reduced precision (issue 24, item 1): decoding and training run under autocast, bf16 and fp16,
+for every attention mechanism and score, and decode as float32 does up to rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import order_one_weights, tiny_config
+
+from captioner.beam import beam_search, sample_captions
+from captioner.losses import caption_loss
+from captioner.model import Captioner
+
+FAMILY = [(a, s) for a in ("soft", "hard", "local") for s in ("additive", "dot", "general", "scaled-dot", "multihead")]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("attention,score", FAMILY)
+def test_decoding_and_training_run_under_cpu_autocast(words_vocab, attention, score, dtype):
+    torch.manual_seed(0)
+    model = order_one_weights(Captioner(tiny_config(len(words_vocab), attention=attention, score=score))).eval()
+    annotations = torch.randn(4, model.config.grid_size ** 2, model.config.encoder_dim)
+    full = beam_search(model, annotations, words_vocab, beam_size=3)
+    with torch.autocast("cpu", dtype=dtype):
+        reduced = beam_search(model, annotations, words_vocab, beam_size=3)
+        samples = sample_captions(model, annotations, words_vocab, 2)
+        model.train()
+        captions = torch.randint(4, len(words_vocab), (4, 6))
+        logits, alphas, _ = model(annotations, captions[:, :-1])
+        loss = caption_loss(logits, alphas, captions[:, 1:], words_vocab.pad)["loss"]
+    loss.backward()
+    assert samples.shape[0] == 8 and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    for a, b in zip(full, reduced):
+        assert b.log_prob == pytest.approx(a.log_prob, abs=0.05)
+    assert sum(a.words == b.words for a, b in zip(full, reduced)) >= 3
