@@ -35,7 +35,7 @@ from captioner.vocab import SPECIALS, Vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ROOT / "weights" / "shapes_soft.pt"
-EXAMPLES = sorted((ROOT / "examples").glob("shapes_*.png"))
+EXAMPLES = sorted((ROOT / "examples" / "shapes").glob("shapes_*.png"))
 
 
 # -- 3: a corrupted checkpoint is refused ----------------------------------------------------------------------
