@@ -11,7 +11,7 @@ of log p(w_t) in the first case and little in the second; a model whose every ce
 whole photo loses little in both. Also reported: the attention mass the top `fraction` of cells
 hold (uniform attention: `fraction`).
 
-Recommended reading of the numbers (issue 27): mean drop >= 0.5 nats, >= 25% of content words
+The targets of the attention work: mean drop >= 0.5 nats, >= 25% of content words
 losing more than 0.5 nats, random drop near 0.
 """
 

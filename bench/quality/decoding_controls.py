@@ -1,6 +1,7 @@
-"""Decoding controls on a real split (issue 22): every combination of beam size, GNMT length
+"""Decoding controls on a real split: every combination of beam size, GNMT length
 penalty, no_repeat_ngram_size and minimum length given, scored by the coco-caption metrics, with
 the captions' statistics (share with a repeated content bigram, mean length, distinct words).
+
 Choose on the dev split (val); decode the test split once, with the chosen values.
 
     python -m bench.quality.decoding_controls --weights weights/flickr8k_soft.pt --data-root FLICKR8K_TEXT \

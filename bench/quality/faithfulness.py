@@ -1,4 +1,4 @@
-"""Attention faithfulness of a checkpoint on a real split (issue 27): for every content word of
+"""Attention faithfulness of a checkpoint on a real split: for every content word of
 the model's own beam-search captions, the drop in log p(word) when the top 10% of that step's
 attention is forbidden, against as many random cells; the share of words losing more than 0.5
 nats; the attention mass in the top 10% of cells. See captioner/faithfulness.py.
