@@ -283,9 +283,12 @@ def train_main(argv=None) -> int:
         return fail(str(e))
     except OSError as e:  # disk full, permissions, ...: one line, never a traceback
         return fail(f"{e.filename + ': ' if getattr(e, 'filename', None) else ''}{e.strerror or e}")
-    except KeyboardInterrupt:  # before training started, or a second Ctrl-C
-        print("interrupted; the run folder holds the last checkpoint written (continue with --resume)",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # before training started (e.g. while the feature cache is built), or a second Ctrl-C
+        if (Path(tc.out_dir) / "last.pt").exists():
+            print("interrupted; the run folder holds the last checkpoint written (continue with --resume)",
+                  file=sys.stderr)
+        else:
+            print("interrupted before any checkpoint was written; nothing to resume", file=sys.stderr)
         return 130
     finally:
         cleanup(dist)
@@ -433,7 +436,11 @@ def _input_paths(given: list[str]) -> tuple[list[str], dict]:
     paths, folder_errors = [], {}
     for name in given:
         if name == "-":  # one path per line on standard input (`find ... | caption.py -`)
-            paths.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
+            read = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+            if not read:  # `ls nothing/*.jpg | caption.py -`: say so, and exit 1, rather than nothing
+                folder_errors[name] = ImageError("no image paths on standard input")
+                read = [name]
+            paths.extend(read)
         elif os.path.isdir(name):  # the images inside, in sorted order (not its subfolders)
             try:
                 paths.extend(image_files(name))

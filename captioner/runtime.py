@@ -69,7 +69,11 @@ def pick_device(name: str):
     if device.type == "meta":  # tensors without data: nothing could be computed
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+        raise ValueError(f"--device {name} was asked for but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"--device {name}: this machine has {count} CUDA GPU{'s' if count > 1 else ''} "
+                         f"(cuda:0 to cuda:{count - 1})")
     if device.type != "cpu":
         # A device torch knows but this build or machine lacks (mps on Linux, xpu, cuda:7 of 1 GPU)
         # fails only when the first tensor lands there: try one now, so it is this one line.

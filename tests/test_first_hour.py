@@ -311,3 +311,34 @@ def test_benchmarks_say_what_they_measure_before_any_issue_number():
     head = (ROOT / "BENCHMARKS.md").read_text().split("\n## ")[0]
     assert len(head.split()) > 20 and not re.search(r"\bissue \d", head, flags=re.I)
     assert not re.search(r"^## .*\(issue \d+\)", (ROOT / "BENCHMARKS.md").read_text(), flags=re.M)
+
+
+# -- issue 26, item 8: small frictions -----------------------------------------------------------------------
+def test_empty_standard_input_is_one_line_and_exit_1(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    assert caption_main(["-", "--weights", str(WEIGHTS)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines() == ["-: no image paths on standard input"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message for a machine without a CUDA GPU")
+def test_a_missing_cuda_device_is_named_as_given():
+    from captioner.runtime import pick_device
+
+    with pytest.raises(ValueError, match=r"^--device cuda:1 was asked for but no CUDA GPU is available$"):
+        pick_device("cuda:1")
+
+
+def test_the_notebook_cells_have_ids():
+    notebook = json.loads((ROOT / "notebooks" / "attention_maps.ipynb").read_text())
+    ids = [cell.get("id") for cell in notebook["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids)
+
+
+def test_the_web_server_is_a_console_command_with_its_dependencies_as_an_extra():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["captioner-serve"] == "captioner.serve.__main__:main"
+    assert {"starlette", "uvicorn", "python-multipart"} <= set(project["optional-dependencies"]["serve"])
