@@ -342,3 +342,15 @@ def test_the_web_server_is_a_console_command_with_its_dependencies_as_an_extra()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["captioner-serve"] == "captioner.serve.__main__:main"
     assert {"starlette", "uvicorn", "python-multipart"} <= set(project["optional-dependencies"]["serve"])
+
+
+def test_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
+    import captioner.training
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the feature cache is built, before any step
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(captioner.training, "train", interrupted)
+    assert train_main(["--dataset", "shapes", "--out-dir", str(tmp_path / "run"), "--no-progress"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("interrupted before any checkpoint was written; "
+                                                               "nothing to resume")
