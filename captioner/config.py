@@ -131,50 +131,6 @@ class ModelConfig:
         return cls(**data)
 
 
-MAX_BEAM_SIZE = 100  # the widest beam any front end accepts (the search itself has no limit)
-
-
-@dataclass(frozen=True)
-class DecodingConfig:
-    """How captions are decoded: Hugging Face `generate`'s names for the beam search's options.
-    A checkpoint stores the values chosen on its dev split (`checkpoint.py`), so the CLI, the
-    Python API, evaluation and the server decode alike unless asked otherwise. All controls at 0
-    is the plain beam search."""
-
-    beam_size: int = 3              # beams per image; 1 is greedy decoding
-    length_penalty: float = 0.0     # GNMT's alpha: rank finished captions by log p / ((5 + length) / 6) ** alpha
-    no_repeat_ngram_size: int = 0   # n > 0: never write an n-gram of words twice in one caption
-    min_length: int = 0             # no <end> before this many words
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
-            raise ValueError(f"beam_size must be 1 to {MAX_BEAM_SIZE}, got {self.beam_size}")
-        if not math.isfinite(self.length_penalty):
-            raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty}")
-        for name in ("no_repeat_ngram_size", "min_length"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be zero or more, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DecodingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown decoding fields: {', '.join(unknown)}")
-        return cls(**data)
-
-    def updated(self, **given) -> DecodingConfig:
-        """These defaults with every option that was given (None = not given) replaced."""
-        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
-
-    def search_options(self) -> dict[str, Any]:
-        """Keyword arguments of `beam.beam_search`."""
-        return self.to_dict()
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Every field has a `train.py` flag of the same name (dashes for underscores)."""
@@ -372,6 +328,6 @@ def replace(config, **changes):
     return dataclasses.replace(config, **changes)
 
 
-__all__ = ["ModelConfig", "TrainConfig", "DecodingConfig", "replace", "train_config_for", "model_config_for",
+__all__ = ["ModelConfig", "TrainConfig", "replace", "train_config_for", "model_config_for",
            "encoder_defaults", "DATASET_MODEL_DEFAULTS",
            "DATASET_TRAIN_DEFAULTS", "ENCODERS", "ATTENTIONS", "SCORES", "POSITIONAL"]
