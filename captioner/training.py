@@ -37,7 +37,7 @@ import torch
 
 from .atomic import FolderInUse, folder_lock, make_folder, remove_temporaries, write_text_atomic
 from .beam import sample_captions
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, build_from_checkpoint, read_checkpoint, save_checkpoint
 from .cider import CiderD
 from .config import DATASET_MODEL_DEFAULTS, ModelConfig, TrainConfig, encoder_defaults, model_config_for
 from .data import (
@@ -389,8 +389,9 @@ def _train(tc: TrainConfig, model_overrides: dict | None, device, log, dist: Dis
         log = _quiet
     out, saved = open_run_folder(tc, dist, log)
     seed_everything(tc.seed)  # before anything draws: the data, the initial weights
-    train_set, val_set = load_data(tc, dist, saved, model_overrides)
-    model, vocab = build_model(tc, saved, train_set, val_set, model_overrides, dist, device)
+    init = _checkpoint_of(tc.init_from) if saved is None and tc.init_from else None  # --init-from, read once
+    train_set, val_set = load_data(tc, dist, saved if saved is not None else init, model_overrides)
+    model, vocab = build_model(tc, saved, init, train_set, val_set, model_overrides, dist, device)
     optimizer, params, trainable_encoder = build_optimizer(model, tc)
     state = resume_state(saved, model, optimizer, tc, out, log) if saved is not None else TrainState()
     # metrics.jsonl may run ahead of last.pt (a kill between the two writes): keep each step once.
@@ -442,10 +443,8 @@ def load_data(tc: TrainConfig, dist: DistContext, saved: dict | None, model_over
     and validates on the first --eval-images."""
     image_size = (model_overrides or {}).get("image_size") or DATASET_MODEL_DEFAULTS.get(tc.dataset, {}).get(
         "image_size", 224)
-    if saved is not None:
+    if saved is not None:  # last.pt, or the checkpoint of --init-from
         image_size = saved["model_config"]["image_size"]
-    elif tc.init_from:
-        image_size = _checkpoint_of(tc.init_from)["model_config"]["image_size"]
     real = tc.dataset != "shapes"
     common = dict(image_size=image_size, seed=tc.seed, data_root=tc.data_root, split_file=tc.split_file,
                   strict=tc.strict, images=tc.images,
@@ -457,28 +456,33 @@ def load_data(tc: TrainConfig, dist: DistContext, saved: dict | None, model_over
     return train_set, val_set
 
 
-def build_model(tc: TrainConfig, saved: dict | None, train_set, val_set, model_overrides: dict | None,
-                dist: DistContext, device: torch.device) -> tuple[Captioner, Vocabulary]:
-    """The vocabulary and the model on `device`: new (encoder weights loaded), or as last.pt describes
-    them (its weights are put in by `resume_state`)."""
-    if saved is not None:
-        vocab = Vocabulary.from_dict(saved["vocab"])
-        config = ModelConfig.from_dict(saved["model_config"])
-    elif tc.init_from:
-        return _model_from(tc.init_from, train_set, val_set, device)
+def build_model(tc: TrainConfig, saved: dict | None, init: dict | None, train_set, val_set,
+                model_overrides: dict | None, dist: DistContext, device: torch.device) -> tuple[Captioner, Vocabulary]:
+    """The vocabulary and the model on `device`: the model of --init-from's checkpoint `init` (its
+    weights included), new (encoder weights loaded), or as last.pt describes them (its weights are
+    put in by `resume_state`)."""
+    if init is not None:
+        try:
+            model, vocab = build_from_checkpoint(init, tc.init_from)
+        except CheckpointError as e:
+            raise TrainingError(str(e)) from None
     else:
-        vocab = build_vocab(train_set, tc.min_count)
-        config = model_config_for(tc.dataset, len(vocab), **(model_overrides or {}))
-    model = Captioner(config)
+        if saved is not None:
+            vocab = Vocabulary.from_dict(saved["vocab"])
+            config = ModelConfig.from_dict(saved["model_config"])
+        else:
+            vocab = build_vocab(train_set, tc.min_count)
+            config = model_config_for(tc.dataset, len(vocab), **(model_overrides or {}))
+        model = Captioner(config)
+        if saved is None:
+            if dist.enabled and tc.pretrained and not dist.is_main:
+                dist.barrier()  # under torchrun rank 0 downloads --pretrained weights into the hub cache first
+            load_encoder_weights(model, tc)
+            if dist.enabled and tc.pretrained and dist.is_main:
+                dist.barrier()
     for image_set in (train_set, val_set):  # photos become inputs as this model's encoder wants them
         if hasattr(image_set, "resize"):
-            image_set.resize = config.resize
-    if saved is None:
-        if dist.enabled and tc.pretrained and not dist.is_main:
-            dist.barrier()  # under torchrun rank 0 downloads --pretrained weights into the hub cache first
-        load_encoder_weights(model, tc)
-        if dist.enabled and tc.pretrained and dist.is_main:
-            dist.barrier()
+            image_set.resize = model.config.resize
     model.to(device)
     return model, vocab
 
@@ -489,21 +493,6 @@ def _checkpoint_of(path: str) -> dict:
         return read_checkpoint(path)
     except CheckpointError as e:
         raise TrainingError(str(e)) from None
-
-
-def _model_from(path: str, train_set, val_set, device: torch.device) -> tuple[Captioner, Vocabulary]:
-    """--init-from: the model, vocabulary and weights of a checkpoint (its encoder's included)."""
-    from .checkpoint import build_from_checkpoint
-
-    try:
-        model, vocab = build_from_checkpoint(_checkpoint_of(path), path)
-    except CheckpointError as e:
-        raise TrainingError(str(e)) from None
-    model.to(device)
-    for image_set in (train_set, val_set):
-        if hasattr(image_set, "resize"):
-            image_set.resize = model.config.resize
-    return model, vocab
 
 
 def build_optimizer(model: Captioner, tc: TrainConfig) -> tuple[torch.optim.Optimizer, list, list]:
