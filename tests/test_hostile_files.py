@@ -9,12 +9,12 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from checkpoint_bytes import tensor_regions
 from conftest import tiny_config
 from PIL import Image
 
@@ -47,23 +47,6 @@ def small_checkpoint(tmp_path) -> Path:
     path = tmp_path / "small.pt"
     save_checkpoint(path, model, vocab, metrics={"bleu4": 0.5}, dataset="shapes")
     return path
-
-
-def tensor_regions(path: Path) -> list[tuple[int, int]]:
-    """(start, end) byte offsets of every tensor's data inside a torch.save zip archive."""
-    data = path.read_bytes()
-    regions = []
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if "/data/" not in info.filename or info.filename.endswith(".pkl"):
-                continue
-            assert info.compress_type == zipfile.ZIP_STORED
-            # local header: 30 bytes, then the name and the extra field (torch's alignment padding)
-            name_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
-            extra_len = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
-            start = info.header_offset + 30 + name_len + extra_len
-            regions.append((start, start + info.compress_size))
-    return regions
 
 
 def flipped(path: Path, offset: int, mask: int, out: Path) -> Path:

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,25 +157,11 @@ def server_under_siege() -> dict:
 
 
 # -- 2: one byte flipped; the digest's cost -------------------------------------------------------------------
-def tensor_regions(path: Path) -> list[tuple[int, int]]:
-    """(start, end) byte offsets of every tensor's data inside a torch.save zip archive."""
-    data = path.read_bytes()
-    regions = []
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if "/data/" not in info.filename or info.filename.endswith(".pkl"):
-                continue
-            name_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
-            extra_len = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
-            start = info.header_offset + 30 + name_len + extra_len
-            regions.append((start, start + info.compress_size))
-    return regions
-
-
 def corrupted_and_digest_cost(tmp: Path) -> dict:
     import torch
 
     from captioner.checkpoint import CheckpointError, check_digest, load_captioner, read_checkpoint
+    from tests.checkpoint_bytes import tensor_regions
 
     start, end = max(tensor_regions(SOFT), key=lambda r: r[1] - r[0])
     offset = (start + end) // 2
