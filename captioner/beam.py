@@ -15,6 +15,10 @@ better live beams, which would let the search return an unfinished caption worse
 found. The search of an image ends when K have finished or at `max_len`; the caption is the best
 (after the optional length normalisation) of the pool and of the live beams left at `max_len`
 (those are returned unfinished), and `candidates` lists all of them, at most K.
+
+The bookkeeping stays on the device: no step asks Python which beams ended (finished hypotheses
+go into the pool by one scatter per tensor), and on a GPU the loop looks only every few steps
+whether any beam is still alive (`steps_between_checks`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,18 @@ import torch
 import torch.nn.functional as F
 
 from .vocab import Vocabulary
+
+# On a GPU every look at a tensor's value from Python waits for the device to finish all the work
+# queued before it. The search's bookkeeping stays on the device, and whether any beam is still
+# alive (the only value the loop needs) is looked at every this many steps there; after every step on
+# the CPU, where looking costs nothing and stopping at once saves the most. Steps taken after every
+# beam has finished change nothing (every score is -inf), so the captions are the same either way.
+CHECK_EVERY_ON_DEVICE = 4
+
+
+def steps_between_checks(device_type: str) -> int:
+    """How often (in steps) the beam search on `device_type` asks whether any beam is alive."""
+    return 1 if device_type == "cpu" else CHECK_EVERY_ON_DEVICE
 
 
 @dataclass
@@ -149,6 +165,8 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     K, V = beam_size, len(vocab)
     device = annotations.device
     inf = float("-inf")
+    check_every = steps_between_checks(device.type)
+    never = torch.tensor([vocab.pad, vocab.start, vocab.unk], device=device)      # words never written
     out, state, mask = _first_step(model, annotations, vocab, K, mask)
     # Live hypotheses: K slots per image; a slot with score -inf holds none. Only beam 0 is alive
     # at first, so the first step does not pick K copies of one word.
@@ -157,16 +175,19 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
     live = _Hypotheses.empty(B, K, 0, L, vocab.pad, device)
     # The pool of finished hypotheses (arctic-captions' gen_sample: `sample`, `dead_k`): a
     # hypothesis that emits <end> leaves the beam for good, so extensions of other beams can never
-    # push it out, and the image's live beam narrows to K - (number finished). Up to K per image.
+    # push it out, and the image's live beam narrows to K - (number finished). Up to K per image,
+    # in slots 0 .. K-1; every step writes all K survivors at once, the ones that did not end into
+    # the scratch slots K .. 2K-1 (one each), so no step has to ask which ones ended.
     done = torch.zeros(B, dtype=torch.long, device=device)                         # (B,) dead_k
-    pool = _Hypotheses.empty(B, K, max_len, L, vocab.pad, device)
-    pool_scores = torch.full((B, K), inf, device=device)
-    pool_length = torch.zeros(B, K, dtype=torch.long, device=device)
+    pool = _Hypotheses.empty(B, 2 * K, max_len, L, vocab.pad, device)
+    pool_scores = torch.full((B, 2 * K), inf, device=device)
+    pool_length = torch.zeros(B, 2 * K, dtype=torch.long, device=device)
     rank = torch.arange(K, device=device)
+    scratch = K + rank                                                             # (K,) slots K .. 2K-1
     image_offset = (torch.arange(B, device=device) * K).unsqueeze(1)              # (B, 1)
     for step in range(max_len):
         log_probs = torch.log_softmax(out.logits.float(), dim=-1)                 # (N, V)
-        log_probs[:, [vocab.pad, vocab.start, vocab.unk]] = inf                   # never written (see above)
+        log_probs.index_fill_(1, never, inf)                                      # never written (see above)
         if step < min_length:                                                     # too short to end
             log_probs[:, vocab.end] = inf
         if no_repeat_ngram_size:
@@ -180,21 +201,21 @@ def beam_search(model, annotations: torch.Tensor, vocab: Vocabulary, beam_size: 
         state = state.with_rows((image_offset + parent).view(-1))                 # (B, K) -> (N,)
         live = live.extend(parent, word, out)
         ended = (word == vocab.end) & (scores > inf)                              # (B, K)
-        alive = (word != vocab.end) & (scores > inf)
-        any_ended, any_alive = torch.stack([ended.any(), alive.any()]).tolist()   # one sync per step
-        if any_ended:                                                             # into the pool
-            b, k = ended.nonzero(as_tuple=True)
-            slot = (done.unsqueeze(1) + ended.long().cumsum(dim=1) - 1)[b, k]     # next free places, in rank order
-            pool_scores[b, slot] = scores[b, k]
-            pool_length[b, slot] = step + 1                                       # tokens, <end> included
-            for kept, new in zip(pool.parts(), live.parts()):
-                kept[b, slot, :step + 1] = new[b, k]
-            done = done + ended.sum(dim=1)
-            scores = scores.masked_fill(ended, inf)
-        if not any_alive or step + 1 == max_len:                                  # every image has K finished
+        # Into the pool: the ended ones to the next free places, in rank order; the others to scratch.
+        slot = torch.where(ended, done.unsqueeze(1) + ended.long().cumsum(dim=1) - 1, scratch)  # (B, K)
+        pool_scores.scatter_(1, slot, scores)
+        pool_length.scatter_(1, slot, torch.full_like(slot, step + 1))           # tokens, <end> included
+        for kept, new in zip(pool.parts(), live.parts()):
+            kept[:, :, :step + 1].scatter_(1, slot.view(B, K, *[1] * (new.dim() - 2)).expand_as(new), new)
+        done = done + ended.sum(dim=1)
+        scores = scores.masked_fill(ended, inf)
+        if step + 1 == max_len:
+            break
+        if (step + 1) % check_every == 0 and not bool((scores > inf).any()):     # every image has K finished
             break
         out, state = model.step(word.view(-1), state, mask)
-    return _captions(vocab, pool, pool_scores, pool_length, live, scores, max_len, length_penalty)
+    finished = _Hypotheses(*(t[:, :K] for t in pool.parts()))                     # without the scratch slots
+    return _captions(vocab, finished, pool_scores[:, :K], pool_length[:, :K], live, scores, max_len, length_penalty)
 
 
 def _captions(vocab, pool: _Hypotheses, pool_scores, pool_length, live: _Hypotheses, scores, max_len: int,

@@ -49,3 +49,32 @@ def test_a_gpu_with_room_computes_the_scores_in_one_chunk_and_otherwise_in_the_f
     assert images * per_image <= DEVICE_SHARE * free              # each chunk within the share
     assert chunks == 4 and images == 64                            # the fewest chunks, equal
     assert chunk_images("cuda", 10, per_image, 1) == 1             # no room at all: one image at a time
+
+
+def test_a_search_that_looks_for_live_beams_every_few_steps_gives_the_same_captions(make_model, monkeypatch):
+    """On a GPU the search asks whether any beam is alive only every few steps (each look waits for
+    the device); the steps it runs after every beam has finished change nothing."""
+    import captioner.beam as beam
+    from captioner.vocab import SPECIALS, Vocabulary
+
+    assert beam.steps_between_checks("cpu") == 1 and beam.steps_between_checks("cuda") > 1
+    vocab = Vocabulary(list(SPECIALS) + [f"w{i}" for i in range(40)])
+    lengths = set()
+    for seed, end_bias in ((2, 0.1), (3, 0.3), (4, 0.5), (0, 0.0)):
+        model = make_model(seed, vocab=vocab, max_len=10)
+        with torch.no_grad():
+            model.decoder.L_o.bias[vocab.end] += end_bias
+        annotations = torch.randn(6, model.config.grid_size ** 2, model.config.encoder_dim,
+                                  generator=torch.Generator().manual_seed(seed)).relu_() * 3
+        controls = dict(length_penalty=0.7, no_repeat_ngram_size=2, min_length=2)
+        for k, kw in ((1, {}), (3, {}), (5, {}), (3, controls)):
+            monkeypatch.setattr(beam, "steps_between_checks", lambda device_type: 1)
+            every_step = beam.beam_search(model, annotations, vocab, beam_size=k, **kw)
+            monkeypatch.setattr(beam, "steps_between_checks", lambda device_type: 4)
+            every_fourth = beam.beam_search(model, annotations, vocab, beam_size=k, **kw)
+            for a, b in zip(every_step, every_fourth):
+                assert (a.words, a.log_prob, a.score, a.finished, a.candidates) == \
+                       (b.words, b.log_prob, b.score, b.finished, b.candidates)
+                assert torch.equal(a.alphas, b.alphas) and torch.equal(a.betas, b.betas)
+                lengths.add((len(a.words), a.finished))
+    assert len({n for n, _ in lengths}) > 3 and {f for _, f in lengths} == {True, False}  # varied stops
