@@ -10,22 +10,25 @@ import torch
 
 from .beam import Caption, beam_search
 from .images import normalize
+from .precision import autocast
 
 
 @torch.inference_mode()
 def caption_batch(model, images_uint8: torch.Tensor, vocab, beam_size: int = 3, length_penalty: float = 0.0,
-                  max_len: int | None = None) -> list[Caption]:
+                  max_len: int | None = None, precision: str = "fp32") -> list[Caption]:
     """uint8 images (B, 3, S, S), or cached annotations (B, L, D) (see `captioner.data.cache`),
-    -> one Caption per image. The model's device is used."""
+    -> one Caption per image. The model's device is used; the encoder and the beam search run under
+    `precision`'s autocast (`captioner.precision`: fp32, bf16, fp16)."""
     from .model import holds_images
 
     device = next(model.parameters()).device
     inputs = images_uint8.to(device, non_blocking=True)
     if holds_images(inputs):
         inputs = normalize(inputs, model.preprocessing)            # uint8 -> the encoder's float input
-    annotations = model.annotations_of(inputs).float()            # (B, L, D); cached float16 -> float32
-    return beam_search(model, annotations, vocab, beam_size=beam_size, max_len=max_len,
-                       length_penalty=length_penalty)
+    with autocast(device, precision):
+        annotations = model.annotations_of(inputs).float()        # (B, L, D); cached float16 -> float32
+        return beam_search(model, annotations, vocab, beam_size=beam_size, max_len=max_len,
+                           length_penalty=length_penalty)
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -39,8 +42,8 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 def caption_batches(model, batches: Iterable, vocab, inputs: Callable = torch.stack, beam_size: int = 3,
-                    length_penalty: float = 0.0,
-                    max_len: int | None = None) -> Iterator[tuple[object, list[Caption]]]:
+                    length_penalty: float = 0.0, max_len: int | None = None,
+                    precision: str = "fp32") -> Iterator[tuple[object, list[Caption]]]:
     """The one loop that decodes many images: yields (batch, its Captions) for each of `batches`, in
     order, as soon as that batch is decoded, so a caller can write its results (caption.py's lines
     and overlays) while the next batch is still being read.
@@ -53,13 +56,14 @@ def caption_batches(model, batches: Iterable, vocab, inputs: Callable = torch.st
     model.eval()
     try:
         for batch in batches:
-            yield batch, caption_batch(model, inputs(batch), vocab, beam_size, length_penalty, max_len)
+            yield batch, caption_batch(model, inputs(batch), vocab, beam_size, length_penalty, max_len, precision)
     finally:
         model.train(was_training)
 
 
 def caption_set(model, images, vocab, beam_size: int = 3, batch_size: int = 64, length_penalty: float = 0.0,
-                progress: bool = False, max_len: int | None = None, num_workers: int = 0) -> list[Caption]:
+                progress: bool = False, max_len: int | None = None, num_workers: int = 0,
+                precision: str = "fp32") -> list[Caption]:
     """Decode every image of an image set (see `captioner.data`) once; results in set order.
     With `num_workers` > 0, images are read and decoded in that many DataLoader worker processes."""
     if num_workers > 0 and len(images):
@@ -82,7 +86,7 @@ def caption_set(model, images, vocab, beam_size: int = 3, batch_size: int = 64, 
         batches = tqdm(batches, desc="decoding", unit="batch", leave=False,
                        total=(len(images) + batch_size - 1) // batch_size)
     return [caption for _, captions in caption_batches(model, batches, vocab, inputs_of, beam_size, length_penalty,
-                                                        max_len) for caption in captions]
+                                                        max_len, precision) for caption in captions]
 
 
 def score_captions(captions: list[Caption], images, grid_size: int) -> dict[str, float]:

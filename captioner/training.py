@@ -62,6 +62,7 @@ from .losses import (
     update_baseline,
 )
 from .model import Captioner
+from .precision import autocast, resolve
 from .vocab import Vocabulary
 
 if TYPE_CHECKING:
@@ -655,7 +656,7 @@ def train_step(job: Job, state: TrainState, batch) -> torch.Tensor:
     owners = owners[0].to(device, non_blocking=True) if owners else None
     for group in job.optimizer.param_groups:
         group["lr"] = learning_rate(tc, state.step, state.lr_scale)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda"):
+    with autocast(device, resolve("auto", device.type, tc.amp)):          # bf16 on CUDA with --amp, else fp32
         if tc.objective == "scst":
             losses = self_critical_batch(job, model_inputs(images, model.preprocessing), captions, owners)
         else:

@@ -34,3 +34,32 @@ def test_decoding_and_training_run_under_cpu_autocast(words_vocab, attention, sc
     for a, b in zip(full, reduced):
         assert b.log_prob == pytest.approx(a.log_prob, abs=0.05)
     assert sum(a.words == b.words for a, b in zip(full, reduced)) >= 3
+
+
+def test_precision_names_resolve_per_device_and_bad_ones_are_refused():
+    from captioner.precision import autocast, resolve
+
+    assert resolve("auto", "cuda", amp=True) == "bf16"                 # train.py's behaviour so far
+    assert resolve("auto", "cuda", amp=False) == resolve("auto", "cpu", amp=True) == "fp32"
+    assert resolve("fp16", "cpu") == "fp16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve("fp8", "cpu")
+    layer = torch.nn.Linear(4, 4)
+    with autocast("cpu", "bf16"):
+        assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp32"), torch.autocast("cpu", enabled=False):
+        assert layer(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_captioning_runs_in_the_precision_asked_for(words_vocab):
+    from captioner.inference import caption_batch
+
+    torch.manual_seed(0)
+    captioner = order_one_weights(Captioner(tiny_config(len(words_vocab)))).eval()
+    annotations = torch.randn(3, captioner.config.grid_size ** 2, captioner.config.encoder_dim)
+    full = caption_batch(captioner, annotations, words_vocab, precision="fp32")
+    again = caption_batch(captioner, annotations, words_vocab)                       # fp32 by default
+    half = caption_batch(captioner, annotations, words_vocab, precision="bf16")
+    assert [c.log_prob for c in full] == [c.log_prob for c in again]
+    assert [c.log_prob for c in full] != [c.log_prob for c in half]                  # bf16 computed other numbers
+    assert [c.log_prob for c in full] == pytest.approx([c.log_prob for c in half], abs=0.05)
